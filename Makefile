@@ -1,0 +1,62 @@
+# lbproxy: every target bootstraps .venv from nothing, so `make demo` and `make test`
+# work on a fresh machine (Python 3.11+, a C compiler, root for apt-get).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+NATIVE := $(VENV)/.native
+PYX    := $(wildcard csrc/*.pyx csrc/*.pxd csrc/*.pxi csrc/*.h csrc/*.c)
+# Debian packages the tests and benchmarks drive as peers and load generators.
+DEBS   := haproxy nginx-light wrk curl
+
+.PHONY: all venv build native sysdeps demo test bench bench-quick lint typecheck debug clean
+
+all: build
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) pyproject.toml setup.py
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q "Cython>=3.0.10,<3.4"
+	$(PY) -m pip install -q --no-build-isolation -e '.[dev]'
+	touch $(STAMP)
+
+# Rebuild the extensions in place whenever a Cython/C source changes.
+$(NATIVE): $(STAMP) $(PYX) setup.py
+	$(PY) setup.py -q build_ext --inplace
+	touch $(NATIVE)
+
+venv: $(STAMP)
+build native: $(NATIVE)
+
+sysdeps:
+	@missing=""; \
+	for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+demo: build
+	$(VENV)/bin/lbproxy demo
+
+test: build sysdeps
+	$(PY) -m pytest -q
+
+
+bench: build sysdeps
+	$(PY) -m pytest bench/test_selector_bench.py --benchmark-only --benchmark-columns=min,median,mean,ops -q
+	$(PY) -m bench run --all
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+# Cython line tracing + annotated HTML in build/cython, for py-spy/perf/cProfile work.
+debug: $(STAMP)
+	LBPROXY_DEBUG_BUILD=1 $(PY) setup.py build_ext --inplace --force
+
+clean:
+	rm -rf build dist *.egg-info lbproxy/*.so $(NATIVE)

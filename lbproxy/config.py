@@ -1,0 +1,304 @@
+"""Configuration: the msgspec schema, decoding (TOML, YAML, JSON) and validation.
+
+Owns turning a file or a dict into a frozen, validated `Config`, and every error a config
+can have, each named by its field path (``clusters.uploads.backends[1].weight``). It must
+not open sockets or build selectors: `snapshot.py` turns a `Config` into runtime objects.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+Policy = Literal["maglev", "p2c", "round_robin"]
+POLICIES: tuple[str, ...] = ("maglev", "p2c", "round_robin")
+HASH_ON_KINDS = ("path", "path_regex:", "header:", "query:", "cookie:")
+DEFAULT_TABLE_SIZE = 65537
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; `errors` holds one ``(field_path, message)`` per problem."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{path}: {msg}" if path else msg for path, msg in errors))
+
+
+class _Base(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Shared base: unknown fields are errors, instances are immutable."""
+
+
+class TLS(_Base):
+    """TLS termination for a listener (PEM files)."""
+
+    cert: str
+    key: str
+
+
+class Listener(_Base):
+    """Where the data plane accepts client connections."""
+
+    bind: str = "127.0.0.1:8080"
+    tls: TLS | None = None
+    backlog: int = 1024
+
+
+class Admin(_Base):
+    """Where the admin API listens; `token` guards every mutating call."""
+
+    bind: str = "127.0.0.1:9901"
+    token: str | None = None
+
+
+class Timeouts(_Base):
+    """Timeouts in seconds (names follow Envoy/HAProxy: each bounds one wait)."""
+
+    request_headers: float = 10.0  # whole request head; slowloris gets 408
+    client_body_idle: float = 30.0  # no body byte from the client for this long: 408
+    client_idle: float = 60.0  # keep-alive client connection with no request
+    connect: float = 2.0  # TCP connect to a backend
+    upstream_headers: float = 30.0  # request sent, no response head yet: 504
+    upstream_idle: float = 60.0  # no byte from the backend mid-response
+    drain: float = 30.0  # graceful shutdown deadline
+
+
+class Limits(_Base):
+    """Request size limits (HAProxy tune.bufsize / nginx large_client_header_buffers)."""
+
+    max_request_line: int = 8192  # 414 past this
+    max_header_bytes: int = 65536  # 431 past this (all header lines together)
+    max_headers: int = 100  # 431 past this many header fields
+    max_body_bytes: int = 0  # 413 past this; 0 = unlimited (routes may override)
+
+
+class Upstream(_Base):
+    """Per-backend connection pool settings."""
+
+    max_connections: int = 1024  # per backend, in use + idle
+    max_idle: int = 128  # idle keep-alive connections kept per backend
+    idle_timeout: float = 60.0  # an idle pooled connection is closed after this
+
+
+class Backend(_Base):
+    """One backend of a cluster: ``{address, weight, zone}``."""
+
+    address: str
+    weight: int = 1
+    zone: str = ""
+
+
+class ClusterConfig(_Base):
+    """A named pool of backends and the policy that picks among them."""
+
+    backends: list[str | Backend]
+    policy: Policy = "round_robin"
+    table_size: int = DEFAULT_TABLE_SIZE  # Maglev lookup table size (prime)
+    balance_factor: float = 1.25  # bounded-load cap c (Mirrokni et al. 2018); 0 disables
+    seed: int = 0  # P2C's random stream; fixed so tests are deterministic
+
+
+class RouteConfig(_Base):
+    """First-match-wins route: prefix (+ methods, host, headers) to a cluster."""
+
+    cluster: str
+    path_prefix: str = "/"
+    methods: list[str] | None = None
+    host: str | None = None
+    headers: dict[str, str] | None = None
+    hash_on: str | None = None
+    max_body_bytes: int | None = None
+
+
+class Config(_Base):
+    """The whole proxy configuration."""
+
+    clusters: dict[str, ClusterConfig]
+    routes: list[RouteConfig]
+    listener: Listener = msgspec.field(default_factory=Listener)
+    admin: Admin = msgspec.field(default_factory=Admin)
+    timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
+    limits: Limits = msgspec.field(default_factory=Limits)
+    upstream: Upstream = msgspec.field(default_factory=Upstream)
+
+
+def backend_of(entry: str | Backend) -> Backend:
+    """Normalise a backend entry (``"host:port"`` or a table) to a `Backend`."""
+    return Backend(address=entry) if isinstance(entry, str) else entry
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` too); ValueError naming what is wrong."""
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"expected '[ipv6]:port', got {value!r}")
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep:
+            raise ValueError(f"expected 'host:port', got {value!r}")
+    if not host:
+        raise ValueError(f"missing host in {value!r}")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"port must be 0-65535 in {value!r}")
+    return host, int(port)
+
+
+def _is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    if n % 2 == 0:
+        return n == 2
+    i = 3
+    while i * i <= n:
+        if n % i == 0:
+            return False
+        i += 2
+    return True
+
+
+def validate_backends(entries: list[str | Backend], path: str) -> list[tuple[str, str]]:
+    """Errors in one backend list (shared by config load and the admin API's PUT)."""
+    errors: list[tuple[str, str]] = []
+    if not entries:
+        errors.append((path, "must list at least one backend"))
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        b = backend_of(entry)
+        where = f"{path}[{i}]"
+        try:
+            parse_hostport(b.address)
+        except ValueError as exc:
+            errors.append((where if isinstance(entry, str) else f"{where}.address", str(exc)))
+        if b.weight < 1:
+            errors.append((f"{where}.weight", f"must be >= 1, got {b.weight}"))
+        if b.address in seen:
+            errors.append((where, f"duplicate address {b.address!r} (also at [{seen[b.address]}])"))
+        seen.setdefault(b.address, i)
+    return errors
+
+
+def _validate_hash_on(value: str) -> str | None:
+    if value == "path":
+        return None
+    for kind in HASH_ON_KINDS[1:]:
+        if value.startswith(kind):
+            arg = value[len(kind) :]
+            if not arg:
+                return f"{kind!r} needs an argument"
+            if kind == "path_regex:":
+                try:
+                    rx = re.compile(arg)
+                except re.error as exc:
+                    return f"invalid regex: {exc}"
+                if rx.groups < 1:
+                    return "path_regex needs a capture group (its first group is the key)"
+            return None
+    return f"unknown hash_on {value!r}; expected one of path, path_regex:RE, header:NAME, query:NAME, cookie:NAME"
+
+
+def validate(cfg: Config) -> list[tuple[str, str]]:
+    """Semantic checks msgspec's types cannot express; returns every error found."""
+    errors: list[tuple[str, str]] = []
+    for path, bind in (("listener.bind", cfg.listener.bind), ("admin.bind", cfg.admin.bind)):
+        try:
+            host, _ = parse_hostport(bind)
+            if host not in ("localhost", "*"):
+                ipaddress.ip_address(host)
+        except ValueError as exc:
+            errors.append((path, str(exc)))
+    if cfg.listener.tls is not None:
+        for name in ("cert", "key"):
+            f = getattr(cfg.listener.tls, name)
+            if not Path(f).is_file():
+                errors.append((f"listener.tls.{name}", f"file not found: {f}"))
+    for name, value in msgspec.structs.asdict(cfg.timeouts).items():
+        if value <= 0:
+            errors.append((f"timeouts.{name}", f"must be > 0, got {value}"))
+    lim = cfg.limits
+    for name in ("max_request_line", "max_header_bytes", "max_headers"):
+        if getattr(lim, name) < 1:
+            errors.append((f"limits.{name}", "must be >= 1"))
+    if lim.max_body_bytes < 0:
+        errors.append(("limits.max_body_bytes", "must be >= 0 (0 = unlimited)"))
+    if cfg.upstream.max_connections < 1:
+        errors.append(("upstream.max_connections", "must be >= 1"))
+    if cfg.upstream.max_idle < 0:
+        errors.append(("upstream.max_idle", "must be >= 0"))
+    if not cfg.clusters:
+        errors.append(("clusters", "must define at least one cluster"))
+    for cname, cl in cfg.clusters.items():
+        base = f"clusters.{cname}"
+        errors += validate_backends(cl.backends, f"{base}.backends")
+        if cl.policy == "maglev":
+            if not _is_prime(cl.table_size):
+                errors.append((f"{base}.table_size", f"must be prime, got {cl.table_size}"))
+            elif cl.table_size < len(cl.backends):
+                errors.append((f"{base}.table_size", "must be >= the number of backends"))
+        if cl.balance_factor != 0 and cl.balance_factor < 1:
+            errors.append((f"{base}.balance_factor", "must be >= 1 (or 0 to disable)"))
+    if not cfg.routes:
+        errors.append(("routes", "must define at least one route"))
+    for i, rt in enumerate(cfg.routes):
+        base = f"routes[{i}]"
+        if rt.cluster not in cfg.clusters:
+            errors.append((f"{base}.cluster", f"unknown cluster {rt.cluster!r}"))
+        if not rt.path_prefix.startswith("/"):
+            errors.append((f"{base}.path_prefix", "must start with '/'"))
+        if rt.hash_on is not None and (msg := _validate_hash_on(rt.hash_on)):
+            errors.append((f"{base}.hash_on", msg))
+        if rt.max_body_bytes is not None and rt.max_body_bytes < 0:
+            errors.append((f"{base}.max_body_bytes", "must be >= 0"))
+        if rt.methods is not None:
+            for j, m in enumerate(rt.methods):
+                if not m or not m.isalpha() or not m.isupper():
+                    errors.append((f"{base}.methods[{j}]", f"not an HTTP method: {m!r}"))
+    return errors
+
+
+_PATH_RE = re.compile(r" - at `\$\.?(.*)`$")
+
+
+def from_dict(data: Any) -> Config:
+    """Convert plain data (as decoded from any format) to a validated `Config`."""
+    if not isinstance(data, Mapping):
+        raise ConfigError([("", "top level must be a table/object")])
+    try:
+        cfg = msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        msg = str(exc)
+        m = _PATH_RE.search(msg)
+        path = m.group(1) if m else ""
+        raise ConfigError([(path, _PATH_RE.sub("", msg))]) from None
+    errors = validate(cfg)
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a config file; the format follows the extension."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError([("", f"cannot read {p}: {exc.strerror}")]) from None
+    suffix = p.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(raw)
+        elif suffix == ".json":
+            data = json.loads(raw)
+        else:
+            data = tomllib.loads(raw.decode("utf-8"))
+    except Exception as exc:  # every parser has its own error type
+        raise ConfigError([("", f"{p}: not valid {suffix.lstrip('.') or 'toml'}: {exc}")]) from None
+    return from_dict(data)

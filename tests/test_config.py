@@ -1,0 +1,65 @@
+"""Config decoding and validation: every error names its field path."""
+
+import pytest
+
+from lbproxy import config
+
+CONTRACT_TOML = """
+[listener]
+bind = "127.0.0.1:8080"
+
+[admin]
+bind = "127.0.0.1:9901"
+
+[clusters.segments]
+policy = "maglev"
+backends = ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]
+
+[clusters.uploads]
+policy = "p2c"
+backends = [{ address = "127.0.0.1:9101", weight = 2 }, { address = "127.0.0.1:9102" }]
+
+[[routes]]
+path_prefix = "/upload"
+cluster = "uploads"
+
+[[routes]]
+path_prefix = "/"
+cluster = "segments"
+hash_on = "path_regex:^/v/([^/]+)/"
+"""
+
+
+def test_contract_minimal_file_loads(tmp_path):
+    p = tmp_path / "lbproxy.toml"
+    p.write_text(CONTRACT_TOML)
+    cfg = config.load(p)
+    assert cfg.listener.bind == "127.0.0.1:8080"
+    assert cfg.clusters["segments"].policy == "maglev"
+    ups = [config.backend_of(b) for b in cfg.clusters["uploads"].backends]
+    assert [(b.address, b.weight) for b in ups] == [("127.0.0.1:9101", 2), ("127.0.0.1:9102", 1)]
+    assert cfg.routes[1].hash_on == "path_regex:^/v/([^/]+)/"
+
+
+@pytest.mark.parametrize(
+    ("patch", "path"),
+    [
+        ({"clusters": {"a": {"backends": ["127.0.0.1:1", {"address": "127.0.0.1:2", "weight": 0}]}}},
+         "clusters.a.backends[1].weight"),
+        ({"clusters": {"a": {"backends": ["127.0.0.1:1", "127.0.0.1:1"]}}}, "clusters.a.backends[1]"),
+        ({"clusters": {"a": {"backends": []}}}, "clusters.a.backends"),
+        ({"clusters": {"a": {"backends": ["nohost"]}}}, "clusters.a.backends[0]"),
+        ({"clusters": {"a": {"backends": ["127.0.0.1:1"], "policy": "maglev", "table_size": 100}}},
+         "clusters.a.table_size"),
+        ({"routes": [{"cluster": "zzz"}]}, "routes[0].cluster"),
+        ({"routes": [{"cluster": "a", "hash_on": "path_regex:^/v/"}]}, "routes[0].hash_on"),
+        ({"listener": {"bind": "127.0.0.1:99999"}}, "listener.bind"),
+        ({"listener": {"bindx": "127.0.0.1:1"}}, "listener"),
+    ],
+)
+def test_invalid_config_names_field_path(patch, path):
+    data = {"clusters": {"a": {"backends": ["127.0.0.1:1"]}}, "routes": [{"cluster": "a"}]}
+    data.update(patch)
+    with pytest.raises(config.ConfigError) as exc:
+        config.from_dict(data)
+    assert any(p == path for p, _ in exc.value.errors), exc.value.errors
