@@ -200,7 +200,10 @@ def _validate_hash_on(value: str) -> str | None:
                 if rx.groups < 1:
                     return "path_regex needs a capture group (its first group is the key)"
             return None
-    return f"unknown hash_on {value!r}; expected one of path, path_regex:RE, header:NAME, query:NAME, cookie:NAME"
+    return (
+        f"unknown hash_on {value!r}; expected one of "
+        "path, path_regex:RE, header:NAME, query:NAME, cookie:NAME"
+    )
 
 
 def validate(cfg: Config) -> list[tuple[str, str]]:
@@ -253,6 +256,8 @@ def validate(cfg: Config) -> list[tuple[str, str]]:
             errors.append((f"{base}.path_prefix", "must start with '/'"))
         if rt.hash_on is not None and (msg := _validate_hash_on(rt.hash_on)):
             errors.append((f"{base}.hash_on", msg))
+        if rt.host is not None and not rt.host.strip():
+            errors.append((f"{base}.host", "must not be empty"))
         if rt.max_body_bytes is not None and rt.max_body_bytes < 0:
             errors.append((f"{base}.max_body_bytes", "must be >= 0"))
         if rt.methods is not None:
@@ -262,20 +267,85 @@ def validate(cfg: Config) -> list[tuple[str, str]]:
     return errors
 
 
-_PATH_RE = re.compile(r" - at `\$\.?(.*)`$")
+_PATH_RE = re.compile(r" - at `\$(.*)`$")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def field_path(base: str, key: str) -> str:
+    """``base.key``, or ``base["key"]`` when the key would not read as one path segment."""
+    seg = f".{key}" if _PLAIN_KEY.fullmatch(key) else f"[{json.dumps(key)}]"
+    return f"{base}{seg}" if base else seg.lstrip(".")
+
+
+def _located(exc: msgspec.ValidationError, base: str) -> tuple[str, str]:
+    # msgspec appends " - at `$.a[1].b`" relative to what it converted; re-root it at `base`.
+    msg = str(exc)
+    m = _PATH_RE.search(msg)
+    rest = m.group(1) if m else ""
+    return base + rest, _PATH_RE.sub("", msg)
+
+
+def _convert_clusters(clusters: Any, errors: list[tuple[str, str]]) -> Any:
+    # Converted one entry at a time: msgspec reports a dict value's path as `clusters[...]`,
+    # which hides the cluster's name; here each error carries `clusters.NAME....`.
+    if not isinstance(clusters, Mapping):
+        return clusters  # let msgspec name the type error at `clusters`
+    converted: dict[str, ClusterConfig] = {}
+    for name, entry in clusters.items():
+        if not isinstance(name, str):
+            errors.append(("clusters", f"cluster name must be a string, got {name!r}"))
+            continue
+        try:
+            converted[name] = msgspec.convert(entry, ClusterConfig)
+        except msgspec.ValidationError as exc:
+            errors.append(_located(exc, field_path("clusters", name)))
+    return converted
+
+
+def _check_route_headers(routes: Any, errors: list[tuple[str, str]]) -> None:
+    # Same reason as _convert_clusters: name the header key instead of `headers[...]`.
+    if not isinstance(routes, list):
+        return
+    for i, rt in enumerate(routes):
+        headers = rt.get("headers") if isinstance(rt, Mapping) else None
+        if isinstance(headers, Mapping):
+            for name, value in headers.items():
+                if not isinstance(value, str):
+                    where = field_path(f"routes[{i}].headers", str(name))
+                    errors.append((where, f"Expected `str`, got `{type(value).__name__}`"))
 
 
 def from_dict(data: Any) -> Config:
     """Convert plain data (as decoded from any format) to a validated `Config`."""
     if not isinstance(data, Mapping):
         raise ConfigError([("", "top level must be a table/object")])
-    try:
-        cfg = msgspec.convert(data, Config)
-    except msgspec.ValidationError as exc:
-        msg = str(exc)
-        m = _PATH_RE.search(msg)
-        path = m.group(1) if m else ""
-        raise ConfigError([(path, _PATH_RE.sub("", msg))]) from None
+    errors: list[tuple[str, str]] = []
+    # Each top-level section is converted on its own so one run reports an error in every
+    # section, not just the first msgspec meets.
+    known = {f.encode_name: f for f in msgspec.structs.fields(Config)}
+    for key in data:
+        if key not in known:
+            errors.append((str(key), f"unknown field {key!r}; expected one of {', '.join(known)}"))
+    sections: dict[str, Any] = {}
+    for name, f in known.items():
+        if name not in data:
+            if f.required:
+                errors.append((name, "missing required section"))
+            continue
+        value = data[name]
+        if name == "clusters":
+            value = _convert_clusters(value, errors)
+        elif name == "routes":
+            _check_route_headers(value, errors)
+        try:
+            sections[name] = msgspec.convert(value, f.type)
+        except msgspec.ValidationError as exc:
+            where, msg = _located(exc, name)
+            if "[...]" not in where or not any(p.startswith(name) for p, _ in errors):
+                errors.append((where, msg))  # else: already named precisely above
+    if errors:
+        raise ConfigError(errors)
+    cfg = Config(**sections)
     errors = validate(cfg)
     if errors:
         raise ConfigError(errors)
