@@ -35,14 +35,18 @@ class _Base(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tru
     """Shared base: unknown fields are errors, instances are immutable."""
 
 
-class TLS(_Base):
+# Each subclass restates frozen=True: msgspec inherits it, but mypy's dataclass_transform
+# reads a subclass without it as non-frozen.
+
+
+class TLS(_Base, frozen=True):
     """TLS termination for a listener (PEM files)."""
 
     cert: str
     key: str
 
 
-class Listener(_Base):
+class Listener(_Base, frozen=True):
     """Where the data plane accepts client connections."""
 
     bind: str = "127.0.0.1:8080"
@@ -50,14 +54,14 @@ class Listener(_Base):
     backlog: int = 1024
 
 
-class Admin(_Base):
+class Admin(_Base, frozen=True):
     """Where the admin API listens; `token` guards every mutating call."""
 
     bind: str = "127.0.0.1:9901"
     token: str | None = None
 
 
-class Timeouts(_Base):
+class Timeouts(_Base, frozen=True):
     """Timeouts in seconds (names follow Envoy/HAProxy: each bounds one wait)."""
 
     request_headers: float = 10.0  # whole request head; slowloris gets 408
@@ -69,7 +73,7 @@ class Timeouts(_Base):
     drain: float = 30.0  # graceful shutdown deadline
 
 
-class Limits(_Base):
+class Limits(_Base, frozen=True):
     """Request size limits (HAProxy tune.bufsize / nginx large_client_header_buffers)."""
 
     max_request_line: int = 8192  # 414 past this
@@ -78,7 +82,7 @@ class Limits(_Base):
     max_body_bytes: int = 0  # 413 past this; 0 = unlimited (routes may override)
 
 
-class Upstream(_Base):
+class Upstream(_Base, frozen=True):
     """Per-backend connection pool settings."""
 
     max_connections: int = 1024  # per backend, in use + idle
@@ -86,7 +90,7 @@ class Upstream(_Base):
     idle_timeout: float = 60.0  # an idle pooled connection is closed after this
 
 
-class Backend(_Base):
+class Backend(_Base, frozen=True):
     """One backend of a cluster: ``{address, weight, zone}``."""
 
     address: str
@@ -94,7 +98,7 @@ class Backend(_Base):
     zone: str = ""
 
 
-class ClusterConfig(_Base):
+class ClusterConfig(_Base, frozen=True):
     """A named pool of backends and the policy that picks among them."""
 
     backends: list[str | Backend]
@@ -104,7 +108,7 @@ class ClusterConfig(_Base):
     seed: int = 0  # P2C's random stream; fixed so tests are deterministic
 
 
-class RouteConfig(_Base):
+class RouteConfig(_Base, frozen=True):
     """First-match-wins route: prefix (+ methods, host, headers) to a cluster."""
 
     cluster: str
@@ -116,7 +120,7 @@ class RouteConfig(_Base):
     max_body_bytes: int | None = None
 
 
-class Config(_Base):
+class Config(_Base, frozen=True):
     """The whole proxy configuration."""
 
     clusters: dict[str, ClusterConfig]
