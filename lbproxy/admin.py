@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from lbproxy.snapshot import Snapshot
+from lbproxy.webapp import start_app
 
 # (cluster name, backend address) → requests in flight to it.
 InflightSource = Callable[[str, str], int]
@@ -77,16 +78,8 @@ class AdminAPI:
 
     async def start(self, host: str, port: int) -> int:
         """Listen on host:port (OSError when it cannot); returns the bound port."""
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        return int(runner.addresses[0][1])
+        self._runner, bound = await start_app(self.app, host, port)
+        return bound
 
     async def stop(self) -> None:
         """Stop listening and close admin connections."""

@@ -18,6 +18,7 @@ import uvloop
 from aiohttp import web
 
 from lbproxy import config
+from lbproxy.webapp import start_app
 
 SEGMENT_BYTES = 256 * 1024
 # Fixed so ETag/Last-Modified validators are stable across restarts (RFC 9110 §8.8).
@@ -121,15 +122,7 @@ ORIGIN_NAME = web.AppKey("origin_name", list[str])
 async def _start(app: web.Application, host: str, port: int,
                  name: str | None) -> tuple[web.AppRunner, int]:
     label = app[ORIGIN_NAME] = [name or ""]
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    try:
-        await site.start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    bound = int(runner.addresses[0][1])
+    runner, bound = await start_app(app, host, port)
     label[0] = name or f"{host}:{bound}"
     return runner, bound
 
