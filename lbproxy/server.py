@@ -68,7 +68,10 @@ class StartupError(Exception):
 
 def log(message: str) -> None:
     """One line on stderr, prefixed like every lbproxy line."""
-    print(f"lbproxy: {message}", file=sys.stderr, flush=True)
+    # One write per line: workers share stderr, and a single short write() to a pipe is
+    # atomic (POSIX PIPE_BUF), so lines from different workers never interleave.
+    sys.stderr.write(f"lbproxy: {message}\n")
+    sys.stderr.flush()
 
 
 def load_dataplane(name: str) -> DataPlaneFactory:
@@ -139,10 +142,23 @@ def bind_listener(host: str, port: int, backlog: int) -> socket.socket:
     return s
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def _install_stop(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+
+    def first_signal() -> None:
+        # Once draining, further SIGTERM/SIGINT are ignored (the drain has its own deadline):
+        # a second signal must not kill the process after the loop removed its handlers,
+        # which would turn a clean exit 0 into death by signal.
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
+        stop.set()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, first_signal)
     return stop
 
 
