@@ -1,7 +1,8 @@
 """Server start-up, workers, signals, drain, admin API and TLS, on real sockets.
 
-Until the data plane lands these run with `standin_dataplane.StandInDataPlane` (tests
-only), which answers 200 ``pid=N``; they test the server, not the proxying.
+These run the real `lbproxy.proxy.DataPlane` against backends the test starts, except the
+SO_REUSEPORT spread test, which uses `standin_dataplane.StandInDataPlane` (tests only)
+because it must see which worker process answered.
 """
 
 import asyncio
@@ -12,19 +13,21 @@ import ssl
 import aiohttp
 import pytest
 import trustme
+from aiohttp import web
 from ctl_support import (
     ADMIN,
     LISTENING,
+    STANDIN,
     http_get,
     spawn,
     stop,
     toml_config,
     wait_for_lines,
 )
-from standin_dataplane import StandInDataPlane
 
-from lbproxy import config, server
+from lbproxy import config, demo, server
 from lbproxy.cluster import Lease, Outcome
+from lbproxy.proxy import DataPlane
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -40,16 +43,60 @@ def _write(tmp_path, text, name="c.toml"):
     return str(p)
 
 
+@pytest.fixture
+async def origins():
+    """Three demo segment origins; yields their addresses."""
+    runners, addresses = [], []
+    for i in range(3):
+        runner, port = await demo.start_segment_origin("127.0.0.1", 0, f"origin-{i + 1}")
+        runners.append(runner)
+        addresses.append(f"127.0.0.1:{port}")
+    yield addresses
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def held_origin():
+    """An origin whose answers wait until the test sets `release`; yields (address, ...)."""
+    release = asyncio.Event()
+    arrived = []
+
+    async def handle(request):
+        arrived.append(request.path)
+        await release.wait()
+        return web.Response(text="released")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    from lbproxy.webapp import start_app
+
+    runner, port = await start_app(app, "127.0.0.1", 0)
+    yield f"127.0.0.1:{port}", release, arrived
+    release.set()
+    await runner.cleanup()
+
+
+async def _until(predicate, timeout=10.0):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-async def test_run_serves_then_exits_0_on_signal(tmp_path, sig):
-    proc = await spawn("run", "-c", _write(tmp_path, toml_config("127.0.0.1:0", "127.0.0.1:0")))
+async def test_run_proxies_then_exits_0_on_signal(tmp_path, origins, sig):
+    cfg = toml_config("127.0.0.1:0", "127.0.0.1:0", origins)
+    proc = await spawn("run", "-c", _write(tmp_path, cfg), dataplane=None)
     try:
         found, seen = await wait_for_lines(proc, LISTENING, 1)
         assert found, seen
         assert found[0].group(3, 4) == (b"1", b"1")
         port = int(found[0].group(2))
-        status, body = await http_get("127.0.0.1", port)
-        assert status == 200 and body.startswith(b"pid=")
+        status, body = await http_get("127.0.0.1", port, "/v/abc/1.ts")
+        assert status == 200 and body == demo.segment_content("abc", "1.ts")
     finally:
         proc.send_signal(sig)
         rc, err = await stop(proc)
@@ -57,9 +104,9 @@ async def test_run_serves_then_exits_0_on_signal(tmp_path, sig):
     assert b"draining" in err and b"stopped" in err
 
 
-async def test_two_workers_both_serve_on_one_port(tmp_path):
+async def test_two_workers_both_accept_on_one_port(tmp_path):
     cfg = _write(tmp_path, toml_config("127.0.0.1:0", "127.0.0.1:0"))
-    proc = await spawn("run", "-c", cfg, "--workers", "2")
+    proc = await spawn("run", "-c", cfg, "--workers", "2", dataplane=STANDIN)
     try:
         found, seen = await wait_for_lines(proc, LISTENING, 2)
         assert len(found) == 2, seen
@@ -91,8 +138,9 @@ async def test_two_workers_both_serve_on_one_port(tmp_path):
 
 
 @pytest.fixture
-async def in_process(tmp_path):
-    """`server.serve` in this loop with the stand-in data plane; yields a small handle."""
+async def in_process(held_origin):
+    """`server.serve` in this loop with the real data plane; yields a small handle."""
+    held, _, _ = held_origin
     cfg = config.from_dict({
         "listener": {"bind": "127.0.0.1:0"},
         "admin": {"bind": "127.0.0.1:0", "token": "t"},
@@ -102,8 +150,10 @@ async def in_process(tmp_path):
                          "backends": ["127.0.0.1:9001", {"address": "127.0.0.1:9002",
                                                          "weight": 3, "zone": "b"}]},
             "uploads": {"policy": "p2c", "backends": ["127.0.0.1:9101"]},
+            "held": {"backends": [held]},
         },
         "routes": [{"path_prefix": "/upload", "cluster": "uploads"},
+                   {"path_prefix": "/held", "cluster": "held"},
                    {"cluster": "segments"}],
     })
     stop_event = asyncio.Event()
@@ -112,7 +162,7 @@ async def in_process(tmp_path):
     def on_ready(listener, admin):
         ready.set_result((listener, admin))
 
-    task = asyncio.create_task(server.serve(cfg, dataplane=StandInDataPlane,
+    task = asyncio.create_task(server.serve(cfg, dataplane=DataPlane,
                                             stop=stop_event, on_ready=on_ready))
     listener, admin = await asyncio.wait_for(ready, 20)
     admin_port = admin._runner.addresses[0][1]
@@ -130,7 +180,8 @@ async def test_clusters_has_the_contract_shape_and_live_inflight(in_process):
     status, doc = await _admin_json(admin_port, "/clusters")
     lease.end(Outcome.OK, 10)
     assert status == 200
-    assert set(doc) == {"clusters"} and set(doc["clusters"]) == {"segments", "uploads"}
+    assert set(doc) == {"clusters"}
+    assert set(doc["clusters"]) == {"segments", "uploads", "held"}
     seg = doc["clusters"]["segments"]
     assert seg["policy"] == "maglev" and seg["version"] == 1
     by_addr = {b["address"]: b for b in seg["backends"]}
@@ -156,29 +207,24 @@ async def test_snapshot_is_swapped_by_one_assignment(in_process):
     assert doc["clusters"]["segments"]["version"] == 7
 
 
-async def test_ready_is_503_while_draining(in_process):
+async def test_drain_finishes_in_flight_requests_and_ready_goes_503(in_process, held_origin):
     listener, admin, admin_port, stop_event, task = in_process
+    _, release, arrived = held_origin
     assert (await _admin_json(admin_port, "/ready"))[0] == 200
-    # An idle client connection keeps the stand-in's drain waiting.
-    _, writer = await asyncio.open_connection("127.0.0.1", listener.port)
-    try:
-        for _ in range(100):
-            if listener.dataplane.active_connections:
-                break
-            await asyncio.sleep(0.01)
-        stop_event.set()
-        for _ in range(100):
-            if admin.draining:
-                break
-            await asyncio.sleep(0.01)
-        status, body = await _admin_json(admin_port, "/ready")
-        assert (status, body) == (503, {"ready": False, "reason": "draining"})
-        with pytest.raises(OSError):  # no longer accepting
-            await http_get("127.0.0.1", listener.port, timeout=2)
-        assert not task.done()
-    finally:
-        writer.close()
-    await asyncio.wait_for(task, 20)  # drain completes once the connection is gone
+    pending = asyncio.create_task(http_get("127.0.0.1", listener.port, "/held/1", timeout=30))
+    await _until(lambda: arrived)
+    _, doc = await _admin_json(admin_port, "/clusters")
+    assert doc["clusters"]["held"]["backends"][0]["inflight"] == 1
+    stop_event.set()
+    await _until(lambda: admin.draining)
+    status, body = await _admin_json(admin_port, "/ready")
+    assert (status, body) == (503, {"ready": False, "reason": "draining"})
+    with pytest.raises(OSError):  # the listener no longer accepts
+        await http_get("127.0.0.1", listener.port, timeout=2)
+    assert not task.done() and not pending.done()
+    release.set()
+    assert await pending == (200, b"released")  # the in-flight request was finished
+    await asyncio.wait_for(task, 20)
 
 
 def test_ready_is_503_while_starting():
@@ -214,18 +260,18 @@ def test_ssl_context_from_listener_tls(tls_files):
         server.build_ssl_context(config.TLS(cert=str(key), key=str(key)))
 
 
-async def test_tls_listener_serves_https(tmp_path, tls_files):
+async def test_tls_listener_proxies_https(tmp_path, tls_files, origins):
     cert, key, client = tls_files
     extra = f'tls = {{ cert = "{cert}", key = "{key}" }}'
-    proc = await spawn("run", "-c",
-                       _write(tmp_path, toml_config("127.0.0.1:0", "127.0.0.1:0", extra=extra)))
+    cfg = toml_config("127.0.0.1:0", "127.0.0.1:0", origins, extra=extra)
+    proc = await spawn("run", "-c", _write(tmp_path, cfg), dataplane=None)
     try:
         found, seen = await wait_for_lines(proc, LISTENING, 1)
         assert found, seen
         assert b", tls)" in seen
         port = int(found[0].group(2))
-        status, body = await http_get("127.0.0.1", port, ssl_context=client)
-        assert status == 200 and body.startswith(b"pid=")
+        status, body = await http_get("127.0.0.1", port, "/v/tls/2.ts", ssl_context=client)
+        assert status == 200 and body == demo.segment_content("tls", "2.ts")
         with pytest.raises((ssl.SSLError, ConnectionError)):
             await http_get("127.0.0.1", port, ssl_context=ssl.create_default_context())
     finally:
@@ -250,3 +296,44 @@ def test_clusters_document_is_json_serialisable(tmp_path):
                             "routes": [{"cluster": "a"}]})
     doc = AdminAPI(build_snapshot(cfg, {}, 3), lambda c, a: 5).clusters_view()
     assert json.loads(json.dumps(doc))["clusters"]["a"]["backends"][0]["inflight"] == 5
+
+
+async def test_two_workers_proxy_and_clusters_sums_their_inflight(tmp_path, origins,
+                                                                   held_origin):
+    held, release, arrived = held_origin
+    cfg = toml_config("127.0.0.1:0", "127.0.0.1:0", origins) + f"""
+[clusters.held]
+backends = ["{held}"]
+
+[[routes]]
+path_prefix = "/held"
+cluster = "held"
+"""
+    # The held route must come before "/": put it first.
+    cfg = cfg.replace('[[routes]]\npath_prefix = "/"\n', '[[routes]]\npath_prefix = "/v/"\n')
+    proc = await spawn("run", "-c", _write(tmp_path, cfg), "--workers", "2", dataplane=None)
+    try:
+        found, seen = await wait_for_lines(proc, LISTENING, 2)
+        assert len(found) == 2, seen
+        admin, seen2 = await wait_for_lines(proc, ADMIN, 1)
+        assert admin, seen + seen2
+        port, admin_port = int(found[0].group(2)), int(admin[0].group(2))
+        for i in range(6):
+            status, body = await http_get("127.0.0.1", port, f"/v/w{i}/1.ts")
+            assert status == 200 and body == demo.segment_content(f"w{i}", "1.ts")
+        pending = [asyncio.create_task(http_get("127.0.0.1", port, f"/held/{i}", timeout=30))
+                   for i in range(6)]
+        await _until(lambda: len(arrived) == 6)
+        total = 0
+        for _ in range(100):  # bounded: reports arrive every REPORT_INTERVAL_S
+            _, doc = await _admin_json(admin_port, "/clusters")
+            total = doc["clusters"]["held"]["backends"][0]["inflight"]
+            if total == 6:
+                break
+            await asyncio.sleep(0.05)
+        assert total == 6  # summed across both workers' reports
+        release.set()
+        assert [await t for t in pending] == [(200, b"released")] * 6
+    finally:
+        rc, err = await stop(proc)
+    assert rc == 0, err
