@@ -101,6 +101,10 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _describe(exc: OSError) -> str:
     if exc.errno == errno.EADDRINUSE:
         return "address already in use"
@@ -122,7 +126,8 @@ def probe_port(host: str, port: int) -> int:
         try:
             s.bind((bind_host, port))
         except OSError as exc:
-            raise StartupError(f"cannot listen on {host}:{port}: {_describe(exc)}") from None
+            raise StartupError(
+                f"cannot listen on {_hostport(host, port)}: {_describe(exc)}") from None
         return int(s.getsockname()[1])
 
 
@@ -138,7 +143,8 @@ def bind_listener(host: str, port: int, backlog: int) -> socket.socket:
         s.setblocking(False)
     except OSError as exc:
         s.close()
-        raise StartupError(f"cannot listen on {host}:{port}: {_describe(exc)}") from None
+        raise StartupError(
+            f"cannot listen on {_hostport(host, port)}: {_describe(exc)}") from None
     return s
 
 
@@ -166,8 +172,8 @@ async def _start_admin(admin: AdminAPI, host: str, port: int) -> int:
     try:
         return await admin.start(_bind_host(host), port)
     except OSError as exc:
-        raise StartupError(f"cannot listen on {host}:{port} (admin API): {_describe(exc)}") \
-            from None
+        raise StartupError(
+            f"cannot listen on {_hostport(host, port)} (admin API): {_describe(exc)}") from None
 
 
 class Listener:
@@ -205,7 +211,7 @@ class Listener:
 
 def _listening(cfg: config.Config, host: str, port: int, index: int, total: int) -> str:
     tls = ", tls" if cfg.listener.tls else ""
-    return f"listening on {host}:{port} (worker {index}/{total}{tls})"
+    return f"listening on {_hostport(host, port)} (worker {index}/{total}{tls})"
 
 
 async def serve(cfg: config.Config, *, dataplane: DataPlaneFactory,
@@ -226,7 +232,7 @@ async def serve(cfg: config.Config, *, dataplane: DataPlaneFactory,
         await listener.start()
         admin.accepting = True
         log(_listening(cfg, host, listener.port, 1, 1))
-        log(f"admin API on {admin_host}:{admin_port}")
+        log(f"admin API on {_hostport(admin_host, admin_port)}")
         if on_ready is not None:
             result = on_ready(listener, admin)
             if result is not None:
@@ -381,7 +387,7 @@ async def supervise(cfg: config.Config, workers: int, dataplane: str,
         await asyncio.wait([readiness, stopped], return_when=asyncio.FIRST_COMPLETED)
         if not stop.is_set():
             admin.accepting = True
-            log(f"admin API on {admin_host}:{admin_port}")
+            log(f"admin API on {_hostport(admin_host, admin_port)}")
             watch = asyncio.create_task(_track_readiness(procs, admin))
             await stopped
             watch.cancel()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 TESTS = Path(__file__).parent
 STANDIN = "standin_dataplane:StandInDataPlane"
-LISTENING = re.compile(rb"listening on ([0-9.]+):(\d+) \(worker (\d+)/(\d+)")
-ADMIN = re.compile(rb"admin API on ([0-9.]+):(\d+)")
+LISTENING = re.compile(rb"listening on ([0-9.]+|\[[0-9a-f:]+\]):(\d+) \(worker (\d+)/(\d+)")
+ADMIN = re.compile(rb"admin API on ([0-9.]+|\[[0-9a-f:]+\]):(\d+)")
 
 
 def lbproxy_argv(*args: str, dataplane: str | None = None) -> list[str]:

@@ -337,3 +337,60 @@ cluster = "held"
     finally:
         rc, err = await stop(proc)
     assert rc == 0, err
+
+
+async def test_a_killed_worker_is_restarted_and_ready_recovers(tmp_path):
+    cfg = _write(tmp_path, toml_config("127.0.0.1:0", "127.0.0.1:0"))
+    proc = await spawn("run", "-c", cfg, "--workers", "2", dataplane=STANDIN)
+    try:
+        found, seen = await wait_for_lines(proc, LISTENING, 2)
+        assert len(found) == 2, seen
+        admin, _ = await wait_for_lines(proc, ADMIN, 1)
+        port, admin_port = int(found[0].group(2)), int(admin[0].group(2))
+        pids = set()
+        for _ in range(300):  # bounded
+            _, body = await http_get("127.0.0.1", port)
+            pids.add(int(body.split(b"=")[1]))
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2
+        victim = min(pids)
+        import os
+
+        os.kill(victim, signal.SIGKILL)
+        again, seen = await wait_for_lines(proc, LISTENING, 1)
+        assert again, seen
+        assert b"exited (-9); restarting" in seen
+        for _ in range(100):  # bounded: readiness is re-evaluated every REPORT_INTERVAL_S
+            status, _ = await _admin_json(admin_port, "/ready")
+            if status == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert status == 200
+        status, body = await http_get("127.0.0.1", port)
+        assert status == 200 and int(body.split(b"=")[1]) != victim
+    finally:
+        rc, err = await stop(proc)
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_data_plane_that_cannot_load_fails_start_up(tmp_path, workers):
+    cfg = _write(tmp_path, toml_config("127.0.0.1:0", "127.0.0.1:0"))
+    proc = await spawn("run", "-c", cfg, "--workers", workers, dataplane="no_such_module:X")
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    assert b"cannot load the data plane no_such_module:X" in err
+
+
+async def test_ipv6_loopback_listener(tmp_path):
+    cfg = _write(tmp_path, toml_config("[::1]:0", "[::1]:0"))
+    proc = await spawn("run", "-c", cfg, dataplane=STANDIN)
+    try:
+        found, seen = await wait_for_lines(proc, LISTENING, 1)
+        assert found and found[0].group(1) == b"[::1]", seen
+        status, body = await http_get("::1", int(found[0].group(2)))
+        assert status == 200 and body.startswith(b"pid=")
+    finally:
+        rc, err = await stop(proc)
+    assert rc == 0, err
