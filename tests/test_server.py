@@ -7,6 +7,7 @@ because it must see which worker process answered.
 
 import asyncio
 import json
+import os
 import signal
 import ssl
 
@@ -104,37 +105,50 @@ async def test_run_proxies_then_exits_0_on_signal(tmp_path, origins, sig):
     assert b"draining" in err and b"stopped" in err
 
 
-async def test_two_workers_both_accept_on_one_port(tmp_path):
+@pytest.fixture
+async def standin_workers(tmp_path):
+    """`lbproxy run --workers 2` with the stand-in; yields (proc, listening matches, admin port).
+
+    The fixture stops the process and asserts it exited 0.
+    """
     cfg = _write(tmp_path, toml_config("127.0.0.1:0", "127.0.0.1:0"))
     proc = await spawn("run", "-c", cfg, "--workers", "2", dataplane=STANDIN)
     try:
         found, seen = await wait_for_lines(proc, LISTENING, 2)
         assert len(found) == 2, seen
-        assert sorted(m.group(3) for m in found) == [b"1", b"2"]
-        ports = {m.group(2) for m in found}
-        assert len(ports) == 1  # both bound the same port (SO_REUSEPORT)
-        port = int(ports.pop())
         admin, seen2 = await wait_for_lines(proc, ADMIN, 1)
         assert admin, seen + seen2
-        admin_port = int(admin[0].group(2))
-        pids = set()
-        for _ in range(300):  # bounded: the kernel spreads connections by 4-tuple hash
-            status, body = await http_get("127.0.0.1", port)
-            assert status == 200
-            pids.add(body)
-            if len(pids) == 2:
-                break
-        assert len(pids) == 2, pids
-        status, ready = await _admin_json(admin_port, "/ready")
-        assert (status, ready["ready"]) == (200, True)
-        status, doc = await _admin_json(admin_port, "/clusters")
-        assert status == 200
-        seg = doc["clusters"]["segments"]
-        assert seg["policy"] == "maglev" and seg["version"] == 1
-        assert [b["inflight"] for b in seg["backends"]] == [0, 0, 0]
+        yield proc, found, int(admin[0].group(2))
     finally:
         rc, err = await stop(proc)
     assert rc == 0, err
+
+
+async def _answering_pids(port, want=2):
+    """Worker pids seen answering on `port` (bounded: the kernel spreads by 4-tuple hash)."""
+    pids = set()
+    for _ in range(300):
+        status, body = await http_get("127.0.0.1", port)
+        assert status == 200
+        pids.add(int(body.split(b"=")[1]))
+        if len(pids) == want:
+            break
+    return pids
+
+
+async def test_two_workers_both_accept_on_one_port(standin_workers):
+    _, found, admin_port = standin_workers
+    assert sorted(m.group(3) for m in found) == [b"1", b"2"]
+    ports = {m.group(2) for m in found}
+    assert len(ports) == 1  # both bound the same port (SO_REUSEPORT)
+    assert len(await _answering_pids(int(ports.pop()))) == 2
+    status, ready = await _admin_json(admin_port, "/ready")
+    assert (status, ready["ready"]) == (200, True)
+    status, doc = await _admin_json(admin_port, "/clusters")
+    assert status == 200
+    seg = doc["clusters"]["segments"]
+    assert seg["policy"] == "maglev" and seg["version"] == 1
+    assert [b["inflight"] for b in seg["backends"]] == [0, 0, 0]
 
 
 @pytest.fixture
@@ -339,39 +353,24 @@ cluster = "held"
     assert rc == 0, err
 
 
-async def test_a_killed_worker_is_restarted_and_ready_recovers(tmp_path):
-    cfg = _write(tmp_path, toml_config("127.0.0.1:0", "127.0.0.1:0"))
-    proc = await spawn("run", "-c", cfg, "--workers", "2", dataplane=STANDIN)
-    try:
-        found, seen = await wait_for_lines(proc, LISTENING, 2)
-        assert len(found) == 2, seen
-        admin, _ = await wait_for_lines(proc, ADMIN, 1)
-        port, admin_port = int(found[0].group(2)), int(admin[0].group(2))
-        pids = set()
-        for _ in range(300):  # bounded
-            _, body = await http_get("127.0.0.1", port)
-            pids.add(int(body.split(b"=")[1]))
-            if len(pids) == 2:
-                break
-        assert len(pids) == 2
-        victim = min(pids)
-        import os
-
-        os.kill(victim, signal.SIGKILL)
-        again, seen = await wait_for_lines(proc, LISTENING, 1)
-        assert again, seen
-        assert b"exited (-9); restarting" in seen
-        for _ in range(100):  # bounded: readiness is re-evaluated every REPORT_INTERVAL_S
-            status, _ = await _admin_json(admin_port, "/ready")
-            if status == 200:
-                break
-            await asyncio.sleep(0.05)
-        assert status == 200
-        status, body = await http_get("127.0.0.1", port)
-        assert status == 200 and int(body.split(b"=")[1]) != victim
-    finally:
-        rc, err = await stop(proc)
-    assert rc == 0, err
+async def test_a_killed_worker_is_restarted_and_ready_recovers(standin_workers):
+    proc, found, admin_port = standin_workers
+    port = int(found[0].group(2))
+    pids = await _answering_pids(port)
+    assert len(pids) == 2
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    again, seen = await wait_for_lines(proc, LISTENING, 1)
+    assert again, seen
+    assert b"exited (-9); restarting" in seen
+    for _ in range(100):  # bounded: readiness is re-evaluated every REPORT_INTERVAL_S
+        status, _ = await _admin_json(admin_port, "/ready")
+        if status == 200:
+            break
+        await asyncio.sleep(0.05)
+    assert status == 200
+    status, body = await http_get("127.0.0.1", port)
+    assert status == 200 and int(body.split(b"=")[1]) != victim
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
