@@ -184,8 +184,13 @@ class Listener:
         self.cfg = cfg
         self.host, _ = config.parse_hostport(cfg.listener.bind)
         self.port = port
+        self.ssl: ssl.SSLContext | None = None
+        if cfg.listener.tls is not None:
+            try:
+                self.ssl = build_ssl_context(cfg.listener.tls)
+            except (ssl.SSLError, OSError) as exc:
+                raise StartupError(f"cannot load listener.tls cert/key: {exc}") from None
         self.dataplane = dataplane(snapshot)
-        self.ssl = build_ssl_context(cfg.listener.tls) if cfg.listener.tls else None
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -269,9 +274,24 @@ def _emit_line(line: str) -> None:
     sys.stdout.flush()
 
 
+class _SupervisorPipe(asyncio.Protocol):
+    """The worker's stdin: EOF means the supervisor is gone, so the worker drains and exits."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._stop.is_set():
+            log("supervisor went away; draining")
+        self._stop.set()
+
+
 async def _worker(cfg: config.Config, index: int, total: int, port: int,
                   dataplane: DataPlaneFactory) -> None:
-    stop = _install_stop(asyncio.get_running_loop())
+    loop = asyncio.get_running_loop()
+    stop = _install_stop(loop)
+    # Orphaned workers must not keep serving: watch the supervisor's end of stdin.
+    pipe, _ = await loop.connect_read_pipe(lambda: _SupervisorPipe(stop), sys.stdin)
     snapshot = build_snapshot(cfg, {}, 1)
     listener = Listener(cfg, snapshot, dataplane, port)
     await listener.start()
@@ -284,6 +304,7 @@ async def _worker(cfg: config.Config, index: int, total: int, port: int,
     reporter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await reporter
+    pipe.close()
 
 
 def worker_main(argv: list[str]) -> int:
