@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
 
 import pytest
@@ -27,6 +28,17 @@ XXH64_VECTORS = [
     (SANITY[:14], 0, 0x8282DCC4994E35C8),
     (SANITY[:222], 0, 0xB641AE8CB691C174),
 ]
+
+
+def test_native_module_loaded() -> None:
+    """The compiled core must load unless the twin was asked for (yarl's check)."""
+    from lbproxy import selectors
+
+    if os.environ.get("LBPROXY_NO_EXTENSIONS"):
+        assert not selectors.NATIVE
+        pytest.skip("LBPROXY_NO_EXTENSIONS is set")
+    assert selectors.NATIVE, "lbproxy._selectors_c did not load; run `make build`"
+    assert selectors.MaglevSelector.__module__ == "lbproxy._selectors_c"
 
 
 @pytest.mark.parametrize(("data", "seed", "expected"), XXH64_VECTORS)
