@@ -52,15 +52,23 @@ DEFAULT_RTT_NS = 30_000_000  # prior for an unmeasured backend (Linkerd2's defau
 cdef uint64_t _M64 = 0xFFFFFFFFFFFFFFFF
 
 
-def hash64(const unsigned char[::1] data, seed=0):
+def hash64(data, seed=0):
     """xxHash64 of `data` with `seed` (unsigned 64-bit), as the reference XXH64()."""
     if not 0 <= seed <= _M64:
         raise ValueError(f"seed must be an unsigned 64-bit int, got {seed}")
     cdef uint64_t s = seed
+    if type(data) is bytes:
+        # Hash the bytes object's own buffer: no copy, no buffer acquisition.
+        return lb_xxh64(PyBytes_AS_STRING(data), <size_t>PyBytes_GET_SIZE(data), s)
+    return _hash_buffer(data, s)
+
+
+cdef uint64_t _hash_buffer(const unsigned char[::1] data, uint64_t seed):
+    # Any other bytes-like object (bytearray, memoryview) through the buffer protocol.
     cdef Py_ssize_t n = data.shape[0]
     if n == 0:
-        return lb_xxh64(NULL, 0, s)
-    return lb_xxh64(&data[0], <size_t>n, s)
+        return lb_xxh64(NULL, 0, seed)
+    return lb_xxh64(&data[0], <size_t>n, seed)
 
 
 cdef inline uint64_t _key_hash(bytes key) noexcept:
