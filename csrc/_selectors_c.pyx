@@ -415,6 +415,8 @@ cdef class BoundedLoadSelector:
         if load is not (<MaglevSelector>inner).load:
             raise ValueError("load must be the BackendLoad the inner selector was built with")
         self.balance_factor = check_balance_factor(balance_factor)
+        if self.inner is not None:
+            raise ValueError("a BoundedLoadSelector is immutable once built")
         self.inner = inner
         self.load = load
 

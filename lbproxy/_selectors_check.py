@@ -77,9 +77,7 @@ def check_table_size(table_size: int, n_backends: int) -> None:
     if not is_prime(table_size):
         raise ValueError(f"table_size must be prime, got {table_size}")
     if table_size < n_backends:
-        raise ValueError(
-            f"table_size {table_size} is smaller than the backend count {n_backends}"
-        )
+        raise ValueError(f"table_size {table_size} is smaller than the backend count {n_backends}")
 
 
 def check_balance_factor(balance_factor: float) -> float:
