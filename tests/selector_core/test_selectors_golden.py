@@ -33,6 +33,34 @@ def test_small_table_pinned(
     assert sel.table == expected
 
 
+# Envoy's maglev_lb_test.cc pins these tables (tests Basic, BasicWithHostName, Weighted);
+# the same offset/skip hashes and weighting reproduce them entry for entry, so an lbproxy and
+# an Envoy in front of the same caches agree on where a key goes.
+ENVOY_PORTS = range(90, 96)
+
+
+@pytest.mark.parametrize(
+    ("addresses", "weights", "table_size", "expected"),
+    [
+        ([f"127.0.0.1:{p}" for p in ENVOY_PORTS], [1] * 6, 7, [2, 4, 0, 1, 5, 0, 3]),
+        ([str(p) for p in ENVOY_PORTS], [1] * 6, 7, [2, 5, 0, 3, 4, 1, 0]),
+        (
+            ["127.0.0.1:90", "127.0.0.1:91"],
+            [1, 2],
+            17,
+            [1, 0, 0, 1, 0, 1, 1, 0, 1, 1, 1, 1, 1, 0, 1, 0, 1],
+        ),
+    ],
+)
+def test_tables_match_envoy(
+    impl: ModuleType, addresses: list[str], weights: list[int], table_size: int, expected
+) -> None:
+    n = len(addresses)
+    load = impl.BackendLoad(n)
+    sel = impl.MaglevSelector(list(range(n)), addresses, weights, load, table_size=table_size)
+    assert sel.table == expected
+
+
 def test_small_table_independent_of_slots(impl: ModuleType) -> None:
     # The table follows addresses, not slots: other slots, same arrangement of addresses.
     load = impl.BackendLoad(10)
