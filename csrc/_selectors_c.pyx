@@ -204,6 +204,13 @@ cdef inline void _fresh(SlotLoad* sl) noexcept nogil:
     sl.measured = 0
 
 
+cdef inline object _slot_object(tuple objs, Py_ssize_t i):
+    # The caller's own int objects, returned by reference: a pick allocates nothing.
+    if i < 0:
+        return -1
+    return objs[i]
+
+
 cdef int32_t* _int32_array(values) except NULL:
     cdef Py_ssize_t n = len(values)
     cdef Py_ssize_t i
@@ -224,6 +231,7 @@ cdef class MaglevSelector:
     cdef readonly tuple addresses
     cdef readonly tuple weights
     cdef int32_t* _slots     # slot of each backend, in address order
+    cdef tuple _slot_objs    # the same slots as Python ints, returned by picks
     cdef int32_t* _table     # backend index of each table entry
     cdef Py_ssize_t _n
 
@@ -242,7 +250,8 @@ cdef class MaglevSelector:
         self.addresses = tuple([e[0] for e in entries])
         self.weights = tuple([e[2] for e in entries])
         self._n = len(entries)
-        self._slots = _int32_array([e[1] for e in entries])
+        self._slot_objs = tuple([e[1] for e in entries])
+        self._slots = _int32_array(self._slot_objs)
         self._table = _build_table(self.addresses, self.weights, table_size)
 
     def __dealloc__(self):
@@ -252,7 +261,7 @@ cdef class MaglevSelector:
     @property
     def slots(self):
         """The backends' slots, in address order."""
-        return tuple([self._slots[i] for i in range(self._n)])
+        return self._slot_objs
 
     @property
     def table(self):
@@ -265,12 +274,12 @@ cdef class MaglevSelector:
         """First accepted backend in the key's fallback order; -1 when none is accepted."""
         cdef uint64_t pos = _key_hash(key) % self.table_size
         cdef SlotLoad* L = self.load._slots
-        cdef int32_t slot = self._slots[self._table[pos]]
-        if L[slot].accept:
-            return slot
-        return self._walk(pos, L)
+        cdef int32_t i = self._table[pos]
+        if L[self._slots[i]].accept:
+            return self._slot_objs[i]
+        return _slot_object(self._slot_objs, self._walk(pos, L))
 
-    cdef int32_t _walk(self, uint64_t pos, SlotLoad* L) noexcept:
+    cdef Py_ssize_t _walk(self, uint64_t pos, SlotLoad* L) noexcept:
         # Fallback order: the entries after the key's own, in table order. The table is a
         # weighted pseudo-random arrangement (NSDI'16 §3.4), so a refused backend's keys
         # spread over the others in proportion to their weights, and each key's order is
@@ -278,7 +287,6 @@ cdef class MaglevSelector:
         cdef Py_ssize_t i
         cdef uint64_t step
         cdef uint64_t m = self.table_size
-        cdef int32_t slot
         for i in range(self._n):
             if L[self._slots[i]].accept:
                 break
@@ -288,9 +296,9 @@ cdef class MaglevSelector:
             pos += 1
             if pos == m:
                 pos = 0
-            slot = self._slots[self._table[pos]]
-            if L[slot].accept:
-                return slot
+            i = self._table[pos]
+            if L[self._slots[i]].accept:
+                return i
         return -1
 
     def candidates(self, bytes key not None, Py_ssize_t limit):
@@ -313,7 +321,7 @@ cdef class MaglevSelector:
                 i = self._table[pos]
                 if not seen[i]:
                     seen[i] = 1
-                    out.append(self._slots[i])
+                    out.append(self._slot_objs[i])
                     if len(out) == want:
                         break
                 pos += 1
@@ -449,14 +457,16 @@ cdef class BoundedLoadSelector:
         cdef uint64_t m = inner.table_size
         cdef uint64_t pos
         cdef uint64_t step
-        cdef int32_t slot
+        cdef int32_t i
+        cdef SlotLoad* sl
         if cap == 0:
             return -1
         pos = _key_hash(key) % m
         for step in range(m):
-            slot = inner._slots[inner._table[pos]]
-            if L[slot].accept and L[slot].inflight < cap:
-                return slot
+            i = inner._table[pos]
+            sl = &L[inner._slots[i]]
+            if sl.accept and sl.inflight < cap:
+                return inner._slot_objs[i]
             pos += 1
             if pos == m:
                 pos = 0
@@ -469,6 +479,7 @@ cdef class _Backends:
     cdef readonly BackendLoad load
     cdef readonly tuple addresses
     cdef int32_t* _slots
+    cdef tuple _slot_objs    # the same slots as Python ints, returned by picks
     cdef int64_t* _weights
     cdef Py_ssize_t _n
 
@@ -484,7 +495,8 @@ cdef class _Backends:
         self.load = load
         self.addresses = tuple([e[0] for e in entries])
         self._n = len(entries)
-        self._slots = _int32_array([e[1] for e in entries])
+        self._slot_objs = tuple([e[1] for e in entries])
+        self._slots = _int32_array(self._slot_objs)
         self._weights = <int64_t*>malloc(<size_t>self._n * sizeof(int64_t))
         if self._weights == NULL:
             raise MemoryError()
@@ -530,33 +542,32 @@ cdef class P2CSelector(_Backends):
         cdef uint64_t n = <uint64_t>self._n
         cdef uint64_t a
         cdef uint64_t b
-        cdef int32_t sa
-        cdef int32_t sb
+        cdef SlotLoad* la
+        cdef SlotLoad* lb
         cdef double ca
         cdef double cb
         if n == 1:
-            sa = self._slots[0]
-            return sa if L[sa].accept else -1
+            return self._slot_objs[0] if L[self._slots[0]].accept else -1
         a = self._next() % n
         b = self._next() % (n - 1)
         if b >= a:
             b += 1
-        sa = self._slots[a]
-        sb = self._slots[b]
-        if L[sa].accept:
-            if L[sb].accept:
-                ca = _cost(&L[sa], now_ns, load._decay, load._default_rtt) / <double>self._weights[a]
-                cb = _cost(&L[sb], now_ns, load._decay, load._default_rtt) / <double>self._weights[b]
-                return sa if ca <= cb else sb
-            return sa
-        if L[sb].accept:
-            return sb
-        return self._cheapest(L, now_ns)
+        la = &L[self._slots[a]]
+        lb = &L[self._slots[b]]
+        if la.accept:
+            if lb.accept:
+                ca = _cost(la, now_ns, load._decay, load._default_rtt) / <double>self._weights[a]
+                cb = _cost(lb, now_ns, load._decay, load._default_rtt) / <double>self._weights[b]
+                return self._slot_objs[a] if ca <= cb else self._slot_objs[b]
+            return self._slot_objs[a]
+        if lb.accept:
+            return self._slot_objs[b]
+        return _slot_object(self._slot_objs, self._cheapest(L, now_ns))
 
-    cdef int32_t _cheapest(self, SlotLoad* L, int64_t now_ns) noexcept:
+    cdef Py_ssize_t _cheapest(self, SlotLoad* L, int64_t now_ns) noexcept:
         # Both draws refused: the cheapest accepted backend, first in address order on ties.
         cdef Py_ssize_t i
-        cdef int32_t best = -1
+        cdef Py_ssize_t best = -1
         cdef double best_cost = 0.0
         cdef double c
         for i in range(self._n):
@@ -564,7 +575,7 @@ cdef class P2CSelector(_Backends):
                 c = _cost(&L[self._slots[i]], now_ns, self.load._decay,
                           self.load._default_rtt) / <double>self._weights[i]
                 if best < 0 or c < best_cost:
-                    best = self._slots[i]
+                    best = i
                     best_cost = c
         return best
 
@@ -607,4 +618,4 @@ cdef class RoundRobinSelector(_Backends):
         if best < 0:
             return -1
         cur[best] -= total
-        return self._slots[best]
+        return self._slot_objs[best]
