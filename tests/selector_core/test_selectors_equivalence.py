@@ -11,7 +11,7 @@ from lbproxy import _selectors_py as py
 
 native = pytest.importorskip("lbproxy._selectors_c")
 
-EXAMPLES = settings(max_examples=150, deadline=None)
+EXAMPLES = settings(max_examples=200, deadline=None)
 
 
 @EXAMPLES

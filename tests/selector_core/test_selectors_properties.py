@@ -136,3 +136,25 @@ def test_p2c_sends_slow_backend_less_than_round_robin(impl: ModuleType) -> None:
     p2c = _simulate(impl, "p2c", seed=1)
     assert abs(rr - 0.2) < 0.01
     assert p2c < rr / 2, (p2c, rr)
+
+
+@PROPS
+@given(
+    st.lists(st.integers(1, 5), min_size=1, max_size=10),
+    st.lists(st.booleans(), min_size=10, max_size=10),
+    st.lists(keys, min_size=1, max_size=20),
+)
+def test_pick_is_first_accepted_candidate(
+    impl: ModuleType, weights: list[int], accept: list[bool], ks: list[bytes]
+) -> None:
+    """Pingora's select_with: the pick is the first accepted backend in fallback order."""
+    n = len(weights)
+    load = impl.BackendLoad(n)
+    sel = impl.MaglevSelector(list(range(n)), _addrs(n), weights, load, table_size=101)
+    for slot in range(n):
+        load.set_accept(slot, accept[slot])
+    for k in ks:
+        order = sel.candidates(k, n)
+        assert sorted(order) == list(range(n))
+        wanted = [s for s in order if accept[s]]
+        assert sel.pick(k) == (wanted[0] if wanted else -1)

@@ -219,3 +219,17 @@ def test_bad_bounded_load_raises_at_build(impl: ModuleType) -> None:
             impl.BoundedLoadSelector(maglev, load, balance_factor=c)
     with pytest.raises(ValueError, match="BackendLoad"):
         impl.BoundedLoadSelector(maglev, impl.BackendLoad(3))
+
+
+def test_native_selectors_refuse_a_second_init(native_impl: ModuleType) -> None:
+    load = native_impl.BackendLoad(3)
+    maglev = native_impl.MaglevSelector([0, 1], ADDRS[:2], [1, 1], load, table_size=7)
+    with pytest.raises(ValueError, match="immutable"):
+        maglev.__init__([0], ADDRS[:1], [1], load, 7)
+    bounded = native_impl.BoundedLoadSelector(maglev, load)
+    with pytest.raises(ValueError, match="immutable"):
+        bounded.__init__(maglev, load)
+    for cls in (native_impl.P2CSelector, native_impl.RoundRobinSelector):
+        sel = cls([0, 1], ADDRS[:2], [1, 1], load)
+        with pytest.raises(ValueError, match="immutable"):
+            sel.__init__([0], ADDRS[:1], [1], load)
