@@ -214,7 +214,7 @@ def test_bad_table_size_raises_at_build(impl: ModuleType, table_size: int, messa
 def test_bad_bounded_load_raises_at_build(impl: ModuleType) -> None:
     load = impl.BackendLoad(3)
     maglev = impl.MaglevSelector([0, 1, 2], ADDRS, [1, 1, 1], load, table_size=13)
-    for c in (0.5, 0.0, -1.0, float("nan"), float("inf")):
+    for c in (0.5, 0.0, -1.0, float("nan"), float("inf"), 1e300, True, "2"):
         with pytest.raises(ValueError, match="balance_factor"):
             impl.BoundedLoadSelector(maglev, load, balance_factor=c)
     with pytest.raises(ValueError, match="BackendLoad"):
