@@ -7,6 +7,7 @@ outcome the failure deserves, and nothing left in flight.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 
 import pytest
@@ -49,6 +50,13 @@ async def wait_for(cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyp
         await asyncio.sleep(0.01)
 
 
+async def never_answers(b: Backend, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> None:
+    """Backend handler: read the request, then never answer."""
+    await b.read(reader)
+    await reader.read()
+
+
 @on_uvloop
 async def test_backend_refusing_connections_is_502_connect_failed() -> None:
     backend = await Backend().start()
@@ -68,7 +76,8 @@ async def test_backend_dying_before_the_response_is_502(how: str) -> None:
         await b.read(reader)
         if how == "reset":
             sock = writer.get_extra_info("socket")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            linger_zero = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # close() sends RST
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger_zero)
         writer.transport.abort() if how == "reset" else writer.close()
 
     backend = Backend(handler=handler)
@@ -169,10 +178,8 @@ async def test_connect_timeout_is_504() -> None:
     for _ in range(4):
         s = socket.socket()
         s.setblocking(False)
-        try:
+        with contextlib.suppress(BlockingIOError):
             s.connect(lsock.getsockname())
-        except BlockingIOError:
-            pass
         fillers.append(s)
     await asyncio.sleep(0.05)
     backend = Backend()
@@ -191,12 +198,7 @@ async def test_connect_timeout_is_504() -> None:
 
 @on_uvloop
 async def test_no_response_head_is_504() -> None:
-    async def handler(b: Backend, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
-        await b.read(reader)
-        await reader.read()  # never answers
-
-    backend = Backend(handler=handler)
+    backend = Backend(handler=never_answers)
     async with running(backend, timeouts=FAST) as proxy:
         out = await exchange(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"\r\n", 3)
         assert status_of(out) == 504 and header_of(out, b"x-lbproxy-error") == b"backend_timeout"
@@ -242,7 +244,8 @@ async def test_malformed_backend_response_is_502_and_connection_discarded(raw: b
     async def handler(b: Backend, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:
         await b.read(reader)
-        writer.write(raw if b.connections == 1 else b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        good = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        writer.write(raw if b.connections == 1 else good)
         await writer.drain()
         await reader.read()
 
@@ -309,12 +312,7 @@ async def test_drain_finishes_in_flight_with_zero_failures() -> None:
 
 @on_uvloop
 async def test_drain_deadline_aborts_what_remains() -> None:
-    async def handler(b: Backend, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
-        await b.read(reader)
-        await reader.read()
-
-    backend = Backend(handler=handler)
+    backend = Backend(handler=never_answers)
     async with running(backend) as proxy:
         c = await Client.connect(proxy.port)
         await c.send(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
