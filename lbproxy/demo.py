@@ -9,11 +9,16 @@ Must not touch the data plane's internals.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from functools import lru_cache
 
+import uvloop
 from aiohttp import web
+
+from lbproxy import config
+from lbproxy.webapp import start_app
 
 SEGMENT_BYTES = 256 * 1024
 # Fixed so ETag/Last-Modified validators are stable across restarts (RFC 9110 §8.8).
@@ -117,15 +122,7 @@ ORIGIN_NAME = web.AppKey("origin_name", list[str])
 async def _start(app: web.Application, host: str, port: int,
                  name: str | None) -> tuple[web.AppRunner, int]:
     label = app[ORIGIN_NAME] = [name or ""]
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    try:
-        await site.start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    bound = int(runner.addresses[0][1])
+    runner, bound = await start_app(app, host, port)
     label[0] = name or f"{host}:{bound}"
     return runner, bound
 
@@ -145,3 +142,78 @@ async def start_upload_sink(host: str = "127.0.0.1", port: int = 0,
     app.router.add_route("POST", "/{tail:.*}", _upload)
     app.router.add_route("PUT", "/{tail:.*}", _upload)
     return await _start(app, host, port, name)
+
+
+def demo_config(origin_ports: list[int], sink_ports: list[int]) -> config.Config:
+    """The demo's config: maglev `segments` hashed per video, p2c `uploads` on /upload."""
+    return config.from_dict({
+        "listener": {"bind": PROXY_BIND},
+        "admin": {"bind": ADMIN_BIND},
+        "clusters": {
+            "segments": {"policy": "maglev",
+                         "backends": [f"127.0.0.1:{p}" for p in origin_ports]},
+            "uploads": {"policy": "p2c", "backends": [f"127.0.0.1:{p}" for p in sink_ports]},
+        },
+        "routes": [
+            {"path_prefix": "/upload", "cluster": "uploads"},
+            {"path_prefix": "/", "cluster": "segments", "hash_on": "path_regex:^/v/([^/]+)/"},
+        ],
+    })
+
+
+def curl_examples() -> list[str]:
+    """The commands `lbproxy demo` prints; each works against the running demo."""
+    proxy, admin = f"http://{PROXY_BIND}", f"http://{ADMIN_BIND}"
+    return [
+        f"curl -s -o /dev/null -D - {proxy}/v/demo/1.ts",
+        f"curl -s -o /dev/null -D - -H 'Range: bytes=0-1023' {proxy}/v/demo/1.ts",
+        f"printf 'hello lbproxy' | curl -s -T - {proxy}/upload/hello.txt",
+        f"curl -s {admin}/clusters",
+        f"curl -s {admin}/ready",
+    ]
+
+
+async def run_demo(stop: asyncio.Event | None = None) -> None:
+    """Start the demo backends and the proxy in this process; run until `stop` or a signal."""
+    from lbproxy import server
+
+    runners: list[web.AppRunner] = []
+    try:
+        origin_ports, sink_ports = [], []
+        for i in range(1, 4):
+            runner, port = await start_segment_origin("127.0.0.1", 0, f"origin-{i}")
+            runners.append(runner)
+            origin_ports.append(port)
+        for i in range(1, 3):
+            runner, port = await start_upload_sink("127.0.0.1", 0, f"sink-{i}")
+            runners.append(runner)
+            sink_ports.append(port)
+        cfg = demo_config(origin_ports, sink_ports)
+
+        def announce(listener: object, admin: object) -> None:
+            print("lbproxy demo: segment origins on "
+                  + ", ".join(f"127.0.0.1:{p}" for p in origin_ports)
+                  + "; upload sinks on " + ", ".join(f"127.0.0.1:{p}" for p in sink_ports))
+            print("try:")
+            for line in curl_examples():
+                print(f"  {line}")
+            print("Ctrl-C to stop.", flush=True)
+
+        await server.serve(cfg, dataplane=server.load_dataplane(server.DEFAULT_DATAPLANE),
+                           stop=stop, on_ready=announce)
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+
+
+def main() -> int:
+    """`lbproxy demo`: run the demo until SIGTERM/SIGINT; returns the exit status."""
+    from lbproxy import server
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(run_demo())
+    except server.StartupError as exc:
+        server.log(str(exc))
+        return 1
+    return 0

@@ -1,6 +1,8 @@
 """Cluster gate and snapshots: accounting, drain, slot reuse, selector per policy."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lbproxy import config, selectors
 from lbproxy.cluster import (
@@ -220,3 +222,49 @@ def test_cluster_is_built_from_config_and_state():
     cc = config.ClusterConfig(backends=["127.0.0.1:1"])
     c = Cluster("x", cc, ClusterState("x"))
     assert c.name == "x" and c.policy == "round_robin" and len(c.backends) == 1
+
+
+ADDRS = [f"127.0.0.1:{9000 + i}" for i in range(8)]
+_pool = st.lists(st.sampled_from(ADDRS), min_size=1, max_size=8, unique=True)
+_op = st.one_of(
+    st.tuples(st.just("pool"), _pool),
+    st.tuples(st.just("begin"), st.integers(1, 5)),
+    st.tuples(st.just("end"), st.integers(0, 10)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(first=_pool, ops=st.lists(_op, max_size=30))
+def test_slots_and_inflight_stay_consistent_across_pool_changes(first, ops):
+    states: dict[str, ClusterState] = {}
+    snap = build_snapshot(_cfg({"c": {"backends": first}}), states)
+    state = states["c"]
+    open_leases: list[Lease] = []
+    version = 1
+    for kind, arg in ops:
+        if kind == "pool":
+            before = dict(state.slots)
+            busy = {lease.slot: lease.backend.address for lease in open_leases}
+            version += 1
+            snap = build_snapshot(_cfg({"c": {"backends": arg}}), states, version)
+            members = {b.address: b.slot for b in snap.clusters["c"].backends}
+            assert len(set(members.values())) == len(members)  # unique slots
+            for address, slot in members.items():
+                if address in before:
+                    assert slot == before[address]  # survivors keep their slot
+                # A slot still serving another backend's request is never handed out.
+                assert busy.get(slot, address) == address
+        elif kind == "begin":
+            for i in range(arg):
+                lease = snap.clusters["c"].begin(b"k", i)
+                assert isinstance(lease, Lease)
+                assert lease.backend.address in state.slots
+                open_leases.append(lease)
+        elif open_leases:
+            open_leases.pop(arg % len(open_leases)).end(Outcome.OK, 10)
+        # In-flight per slot equals the leases open on it, whoever owns the slot now.
+        for slot in range(len(state.addresses)):
+            assert state.load.inflight(slot) == sum(x.slot == slot for x in open_leases)
+    for lease in open_leases:
+        lease.end(Outcome.RESET, 20)
+    assert all(state.load.inflight(s) == 0 for s in range(len(state.addresses)))
