@@ -268,10 +268,11 @@ async def _report_loop(snapshot: Snapshot) -> None:
 
 
 def _emit_line(line: str) -> None:
-    # The pipe to the supervisor; lines are short (well under PIPE_BUF is not needed: one
-    # writer per pipe), and a supervisor that went away makes this process exit on EPIPE.
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    # The pipe to the supervisor, which reads it continuously, so this short write does not
+    # block. If the supervisor is gone the write fails; stdin's EOF then starts the drain.
+    with contextlib.suppress(BrokenPipeError):
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 class _SupervisorPipe(asyncio.Protocol):
@@ -313,7 +314,10 @@ def worker_main(argv: list[str]) -> int:
     The supervisor writes the config as one JSON line on stdin (already validated there).
     """
     index, total, port, dataplane_name = int(argv[0]), int(argv[1]), int(argv[2]), argv[3]
-    cfg = config.from_dict(json.loads(sys.stdin.readline()))
+    # The raw (unbuffered) stream reads exactly one line, so nothing the supervisor sends
+    # later is swallowed by a read-ahead buffer before the event loop watches stdin.
+    with open(sys.stdin.fileno(), "rb", buffering=0, closefd=False) as raw:
+        cfg = config.from_dict(json.loads(raw.readline()))
     try:
         dataplane = load_dataplane(dataplane_name)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
