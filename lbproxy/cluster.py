@@ -76,7 +76,7 @@ NO_HEALTHY_BACKEND = Refusal("no_healthy_backend", 1)
 class AdmissionPolicy(Protocol):
     """Consulted by `begin()` before selection (load shedding, circuit breaker, ...)."""
 
-    def admit(self, cluster: Cluster, now_ns: int) -> Refusal | None:
+    def admit(self, cluster: Cluster, now_ns: int, attempt: int) -> Refusal | None:
         """None to let the request through, or the refusal to answer with."""
         ...
 
@@ -262,11 +262,13 @@ class Cluster:
         self._pick_with_now = cfg.policy == "p2c"
         self._pick = self.selector.pick  # type: ignore[attr-defined]
 
-    def begin(self, key: bytes, now_ns: int) -> Lease | Refusal:
+    def begin(self, key: bytes, now_ns: int, attempt: int = 0) -> Lease | Refusal:
         """Admit, select and account one request: a `Lease` to end later, or a `Refusal`."""
+        # `attempt` is 0 for a first try and counts retries, so a retry budget (an admission
+        # policy) can refuse retries without the data plane knowing budgets exist.
         state = self.state
         for policy in state.admission:
-            refusal = policy.admit(self, now_ns)
+            refusal = policy.admit(self, now_ns, attempt)
             if refusal is not None:
                 return refusal
         slot = self._pick(key, now_ns) if self._pick_with_now else self._pick(key)
