@@ -228,6 +228,8 @@ def validate(cfg: Config) -> list[tuple[str, str]]:
                 ipaddress.ip_address(host)
         except ValueError as exc:
             errors.append((path, str(exc)))
+    if cfg.admin.bind == cfg.listener.bind and not cfg.admin.bind.endswith(":0"):
+        errors.append(("admin.bind", f"must differ from listener.bind ({cfg.listener.bind})"))
     if cfg.listener.tls is not None:
         for name in ("cert", "key"):
             f = getattr(cfg.listener.tls, name)

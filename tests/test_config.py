@@ -57,6 +57,7 @@ def test_contract_minimal_file_loads(tmp_path):
         ({"routes": [{"cluster": "a", "hash_on": "path_regex:^/v/"}]}, "routes[0].hash_on"),
         ({"listener": {"bind": "127.0.0.1:99999"}}, "listener.bind"),
         ({"listener": {"bindx": "127.0.0.1:1"}}, "listener"),
+        ({"listener": {"bind": "127.0.0.1:5"}, "admin": {"bind": "127.0.0.1:5"}}, "admin.bind"),
     ],
 )
 def test_invalid_config_names_field_path(patch, path):
