@@ -117,7 +117,7 @@ class ClusterState:
         self._refuse: list[int] = []  # slot → REFUSE_* bits
         self._free: list[int] = []  # heap of reusable slots, lowest first
         self._retiring: set[int] = set()  # removed slots still holding in-flight requests
-        self._drained: set[str] = set()  # addresses an operator drained; survives re-adding
+        self._drained: set[str] = set()  # members an operator drained
         # Plug-in points, empty for now; held here (not in Cluster) because they keep state.
         self.admission: tuple[AdmissionPolicy, ...] = ()
         self.observers: tuple[OutcomeObserver, ...] = ()
@@ -132,6 +132,7 @@ class ClusterState:
         wanted = set(addresses)
         for address in [a for a in self.slots if a not in wanted]:
             slot = self.slots.pop(address)
+            self._drained.discard(address)  # a backend added again later starts active
             self._set_bits(slot, REFUSE_REMOVED, True)
             if self.load.inflight(slot) == 0:
                 self.addresses[slot] = None

@@ -271,3 +271,14 @@ def test_slots_and_inflight_stay_consistent_across_pool_changes(first, ops):
     for lease in open_leases:
         lease.end(Outcome.RESET, 20)
     assert all(state.load.inflight(s) == 0 for s in range(len(state.addresses)))
+
+
+def test_a_removed_backend_forgets_its_drain_mark():
+    states: dict[str, ClusterState] = {}
+    build_snapshot(_cfg({"c": {"backends": THREE}}), states, 1)
+    states["c"].set_drain("127.0.0.1:9002", True)
+    build_snapshot(_cfg({"c": {"backends": ["127.0.0.1:9001"]}}), states, 2)
+    snap = build_snapshot(_cfg({"c": {"backends": THREE}}), states, 3)
+    assert states["c"].state_of("127.0.0.1:9002") == "active"
+    slot = snap.clusters["c"].backend("127.0.0.1:9002").slot
+    assert states["c"].load.accepts(slot)
