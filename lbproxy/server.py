@@ -387,7 +387,7 @@ async def supervise(cfg: config.Config, workers: int, dataplane: str,
 
     async def keep(p: _WorkerProcess) -> None:
         nonlocal status
-        while True:
+        while not draining:  # a worker due for restart when the drain begins stays down
             await p.spawn(cfg_line, workers, port, dataplane)
             assert p.proc is not None
             await p.read_reports()
@@ -454,6 +454,7 @@ async def _track_readiness(procs: list[_WorkerProcess], admin: AdminAPI) -> None
 def run(cfg: config.Config, workers: int = 1, dataplane: str | None = None) -> int:
     """Run the proxy until SIGTERM/SIGINT; returns the process exit status."""
     dataplane = dataplane or DEFAULT_DATAPLANE
+
     async def main() -> int:
         if workers == 1:
             await serve(cfg, dataplane=load_dataplane(dataplane))
