@@ -244,14 +244,21 @@ async def test_drain_finishes_in_flight_requests_and_ready_goes_503(in_process, 
     await asyncio.wait_for(task, 20)
 
 
-def test_ready_is_503_while_starting():
+async def test_ready_is_503_while_starting():
     from lbproxy.admin import AdminAPI
     from lbproxy.snapshot import build_snapshot
 
     cfg = config.from_dict({"clusters": {"a": {"backends": ["127.0.0.1:1"]}},
                             "routes": [{"cluster": "a"}]})
     api = AdminAPI(build_snapshot(cfg))
-    assert not api.accepting and not api.draining
+    port = await api.start("127.0.0.1", 0)
+    try:
+        assert await _admin_json(port, "/ready") == (503, {"ready": False,
+                                                          "reason": "starting"})
+        api.accepting = True
+        assert await _admin_json(port, "/ready") == (200, {"ready": True})
+    finally:
+        await api.stop()
 
 
 @pytest.fixture(scope="module")
