@@ -5,7 +5,7 @@ import socket
 import subprocess
 
 import pytest
-from ctl_support import spawn, toml_config
+from ctl_support import fixed_ports_free, spawn, toml_config
 
 from lbproxy import cli
 
@@ -131,20 +131,11 @@ def test_check_reads_yaml_and_json_by_extension(tmp_path, suffix):
     assert "error: clusters.a.backends[1].weight: must be >= 1" in r.stderr
 
 
-def _free(port):
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 async def test_contract_minimal_file_runs_as_written(tmp_path):
     from ctl_support import ADMIN, LISTENING, wait_for_lines
     from test_config import CONTRACT_TOML
 
-    if not (_free(8080) and _free(9901)):
+    if not fixed_ports_free(8080, 9901):
         pytest.skip("127.0.0.1:8080 or :9901 is in use by another process")
     p = tmp_path / "lbproxy.toml"
     p.write_text(CONTRACT_TOML)
