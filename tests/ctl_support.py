@@ -126,6 +126,8 @@ def fixed_ports_free(*ports: int) -> bool:
     """Whether nothing listens on these 127.0.0.1 ports (the demo and contract use fixed ones)."""
     for port in ports:
         with socket.socket() as s:
+            # SO_REUSEADDR: connections in TIME_WAIT from an earlier run do not count.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
