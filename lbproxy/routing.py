@@ -2,7 +2,7 @@
 
 Owns `Router` (first match wins, as CONTRACT.md says) and `Route.hash_key`. Everything a
 route needs is compiled when the snapshot is built: `match()` and `hash_key()` run per
-request and never compile a regex, parse config or allocate more than the key they return.
+request and never compile a regex or parse config.
 Must not touch the selectors' internals: a route only hands its cluster a key.
 """
 
@@ -146,6 +146,8 @@ class Route:
     ) -> None:
         self.cluster = cluster
         self.max_body_bytes = max_body_bytes
+        # A plain byte prefix, as Envoy's route `prefix`: "/upload" also matches "/uploads";
+        # write "/upload/" to require a path segment boundary.
         self._prefix = path_prefix.encode()
         self._methods = frozenset(m.encode() for m in methods) if methods else None
         self._host = _config_host(host) if host else None
