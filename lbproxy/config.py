@@ -390,3 +390,12 @@ def load(path: str | Path) -> Config:
     except Exception as exc:  # every parser has its own error type
         raise ConfigError([("", f"{p}: not valid {suffix.lstrip('.') or 'toml'}: {exc}")]) from None
     return from_dict(data)
+
+
+def restart_required(old: Config, new: Config) -> list[tuple[str, str]]:
+    """What differs between two configs that a running process cannot apply (sockets)."""
+    return [
+        (name, f"changing {name} needs a restart")
+        for name in ("listener", "admin")
+        if getattr(old, name) != getattr(new, name)
+    ]
