@@ -319,11 +319,12 @@ class _SupervisorPipe(asyncio.Protocol):
         self._buf += data
         while b"\n" in self._buf:
             line, self._buf = self._buf.split(b"\n", 1)
-            msg = json.loads(line)
             try:
+                msg = json.loads(line)
                 self._controller.apply(config.from_dict(msg["config"]), msg["version"])
-            except config.ConfigError as exc:  # the supervisor validated it; be loud
-                log(f"worker could not apply version {msg['version']}: {exc}")
+            except (ValueError, KeyError, TypeError) as exc:  # ConfigError is a ValueError
+                # The supervisor validated it, so this is a bug: be loud, keep serving.
+                log(f"worker could not apply a config line: {exc}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._stop.is_set():
