@@ -349,6 +349,9 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
             raise _Reject("invalid request head")
         ex = Exchange(self, self._snap, method, minor, self.headers, analysed)
         self._parsing = ex
+        if self.deadline_kind == K_HEAD:
+            self.deadline = _INF  # the head is complete; the body (if any) has its own clock
+            self.deadline_kind = K_NONE
         if self._active is None:
             self._start(ex)
         else:
