@@ -152,6 +152,35 @@ class Exchange:
 class ClientConnection(HeadCollector, asyncio.Protocol):
     """One client connection: parse, validate, route, relay; keep-alive and pipelining."""
 
+    __slots__ = (
+        "_active",
+        "_client_ip",
+        "_closing",
+        "_head_limit",
+        "_head_raw",
+        "_loop",
+        "_no_more",
+        "_parser",
+        "_parsing",
+        "_pause_bits",
+        "_pending_error",
+        "_plane",
+        "_proto",
+        "_queue",
+        "_reject",
+        "_saved_deadline",
+        "_saved_kind",
+        "_snap",
+        "_url",
+        "deadline",
+        "deadline_kind",
+        "transport",
+        "up_deadline",
+        "up_kind",
+        "up_last",
+        "writing_paused",
+    )
+
     def __init__(self, plane: DataPlane) -> None:
         super().__init__()
         self._plane = plane
