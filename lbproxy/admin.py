@@ -16,6 +16,7 @@ Mutations are read-modify-write on `controller.config` with no await between the
 from __future__ import annotations
 
 import hmac
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
@@ -32,6 +33,7 @@ from lbproxy.webapp import start_app
 # Under a supervisor: wait (bounded) until every running worker applied this version.
 Propagation = Callable[[int], Awaitable[None]]
 
+log = logging.getLogger("lbproxy.admin")
 MAX_BODY_BYTES = 1 << 20
 # RFC 9110 §9.2.1: the safe methods; everything else mutates and needs the token.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -149,6 +151,10 @@ class AdminAPI:
             code = {404: "not_found", 405: "method_not_allowed",
                     413: "body_too_large"}.get(exc.status, "bad_request")
             return error_response(exc.status, code, exc.reason, headers=headers)
+        except Exception as exc:
+            # A bug, not the caller's fault: say so in the one JSON shape, and log it.
+            log.exception("admin %s %s failed", request.method, request.path)
+            return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
 
     # ---- reading ---------------------------------------------------------------------
 
@@ -258,9 +264,9 @@ class AdminAPI:
         if body.weight is None and body.state is None:
             raise _Problem(400, "invalid_body", "set weight and/or state",
                            [("", "expected at least one of: weight, state")])
-        if body.weight is not None and body.weight < 1:
+        if body.weight is not None and not 1 <= body.weight <= config.MAX_WEIGHT:
             raise _Problem(400, "invalid_body", "invalid weight",
-                           [("weight", f"must be >= 1, got {body.weight}")])
+                           [("weight", f"must be 1-{config.MAX_WEIGHT}, got {body.weight}")])
         controller, cc = self._cluster_config(name)  # re-read after the await
         index = self._member_index(cc, address)
         backends = list(cc.backends)

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from lbproxy._selectors_check import MAX_WEIGHT  # the selectors' bound, named once
+
 Policy = Literal["maglev", "p2c", "round_robin"]
 POLICIES: tuple[str, ...] = ("maglev", "p2c", "round_robin")
 HASH_ON_KINDS = ("path", "path_regex:", "header:", "query:", "cookie:")
@@ -180,8 +182,8 @@ def validate_backends(entries: list[str | Backend], path: str) -> list[tuple[str
             parse_hostport(b.address)
         except ValueError as exc:
             errors.append((where if isinstance(entry, str) else f"{where}.address", str(exc)))
-        if b.weight < 1:
-            errors.append((f"{where}.weight", f"must be >= 1, got {b.weight}"))
+        if not 1 <= b.weight <= MAX_WEIGHT:
+            errors.append((f"{where}.weight", f"must be 1-{MAX_WEIGHT}, got {b.weight}"))
         if b.address in seen:
             errors.append((where, f"duplicate address {b.address!r} (also at [{seen[b.address]}])"))
         seen.setdefault(b.address, i)

@@ -49,6 +49,8 @@ BAD_PUTS = [
     (b'{"backends": ["127.0.0.1:1", {"address": "127.0.0.1:2", "port": 2}]}',
      "invalid_body", "backends[1].port"),
     (b'{"backends": [{"weight": 2}]}', "invalid_body", "backends[0].address"),
+    (b'{"backends": [{"address": "127.0.0.1:2", "weight": 2147483648}]}', "invalid_body",
+     "backends[0].weight"),
     (b'{"backends": ["no-port"]}', "invalid_body", "backends[0]"),
     (b'{"backends": [{"address": "127.0.0.1:99999"}]}', "invalid_body",
      "backends[0].address"),
@@ -129,6 +131,7 @@ BAD_PATCHES = [
     (b"{}", "invalid_body", ""),
     (b'{"weight": 0}', "invalid_body", "weight"),
     (b'{"weight": 1.5}', "invalid_body", "weight"),
+    (b'{"weight": 2147483648}', "invalid_body", "weight"),  # over the selectors' bound
     (b'{"weight": true}', "invalid_body", "weight"),
     (b'{"state": "off"}', "invalid_body", "state"),
     (b'{"state": "drain", "zone": "x"}', "invalid_body", "zone"),
