@@ -133,9 +133,9 @@ class ClusterState:
             self.addresses[slot] = None
             heapq.heappush(self._free, slot)
         wanted = set(addresses)
+        self._drained &= wanted  # marks are kept for members only (and those joining now)
         for address in [a for a in self.slots if a not in wanted]:
-            slot = self.slots.pop(address)
-            self._drained.discard(address)  # a backend added again later starts active
+            slot = self.slots.pop(address)  # its drain mark went above: re-added, it is active
             self._set_bits(slot, REFUSE_REMOVED, True)
             if self.load.inflight(slot) == 0:
                 self.addresses[slot] = None
