@@ -48,8 +48,9 @@ class BackendSet(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class BackendPatch(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """PATCH /clusters/{name}/backends/{address} body."""
 
-    weight: int | None = None
-    state: Literal["drain", "active"] | None = None
+    # UNSET, not None: an explicit `null` is an error, as the OpenAPI schema says.
+    weight: int | msgspec.UnsetType = msgspec.UNSET
+    state: Literal["drain", "active"] | msgspec.UnsetType = msgspec.UNSET
 
 
 class _Problem(Exception):
@@ -261,16 +262,20 @@ class AdminAPI:
         name, address = request.match_info["name"], request.match_info["address"]
         self._member_index(self._cluster_config(name)[1], address)
         body: BackendPatch = _decode(await request.read(), BackendPatch)
-        if body.weight is None and body.state is None:
+        if body.weight is msgspec.UNSET and body.state is msgspec.UNSET:
             raise _Problem(400, "invalid_body", "set weight and/or state",
                            [("", "expected at least one of: weight, state")])
-        if body.weight is not None and not 1 <= body.weight <= config.MAX_WEIGHT:
-            raise _Problem(400, "invalid_body", "invalid weight",
-                           [("weight", f"must be 1-{config.MAX_WEIGHT}, got {body.weight}")])
+        if body.weight is not msgspec.UNSET:
+            # The same checks as a config entry, named by this body's field.
+            errors = config.validate_backends(
+                [config.Backend(address=address, weight=body.weight)], "")
+            if errors:
+                raise _Problem(400, "invalid_body", "invalid weight",
+                               [("weight", msg) for _, msg in errors])
         controller, cc = self._cluster_config(name)  # re-read after the await
         index = self._member_index(cc, address)
         backends = list(cc.backends)
-        if body.weight is not None:
+        if body.weight is not msgspec.UNSET:
             old = config.backend_of(backends[index])
             backends[index] = msgspec.structs.replace(old, weight=body.weight)
         drained = {n: set(a) for n, a in controller.snapshot.drained.items()}

@@ -26,10 +26,10 @@ _UNAUTHORIZED = {
     "headers": {"WWW-Authenticate": {"schema": {"type": "string"},
                                       "description": "Bearer"}},
 }
-_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
-         "description": "Cluster name"}
+_NAME = {"name": "name", "in": "path", "required": True,
+         "schema": {"type": "string", "examples": ["segments"]}, "description": "Cluster name"}
 _ADDRESS = {"name": "address", "in": "path", "required": True,
-            "schema": {"type": "string", "example": "127.0.0.1:9001"},
+            "schema": {"type": "string", "examples": ["127.0.0.1:9001"]},
             "description": "Backend host:port ([v6]:port for IPv6, percent-encoded)"}
 _MS = {"type": ["number", "null"], "description": "ms; null before any sample"}
 _COUNT = {"type": "integer", "minimum": 0}
@@ -66,7 +66,7 @@ SCHEMAS: dict[str, Any] = {
     "BackendEntry": {
         "description": "As in the config file: \"host:port\" or an object",
         "oneOf": [
-            {"type": "string", "example": "127.0.0.1:9001"},
+            {"type": "string", "examples": ["127.0.0.1:9001"]},
             {"type": "object", "required": ["address"], "additionalProperties": False,
              "properties": {"address": {"type": "string"},
                             "weight": {"type": "integer", "minimum": 1, "default": 1},

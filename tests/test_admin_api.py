@@ -134,6 +134,7 @@ BAD_PATCHES = [
     (b'{"weight": 2147483648}', "invalid_body", "weight"),  # over the selectors' bound
     (b'{"weight": true}', "invalid_body", "weight"),
     (b'{"state": "off"}', "invalid_body", "state"),
+    (b'{"state": null, "weight": 2}', "invalid_body", "state"),
     (b'{"state": "drain", "zone": "x"}', "invalid_body", "zone"),
     (b"[1]", "invalid_body", ""),
     (b"{", "invalid_json", None),
