@@ -6,6 +6,8 @@ version) is what it was before.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from admin_support import TOKEN, call, in_process, origins_hit, proxy_config
 
@@ -193,3 +195,22 @@ async def test_unknown_routes_are_404_and_wrong_methods_405_with_allow(origins):
         assert (status, hdrs["Allow"]) == (405, "PUT")
         status, doc, hdrs = await call(admin_port, "POST", "/stats")
         assert status == 405 and "GET" in hdrs["Allow"]
+
+
+async def test_concurrent_patches_are_all_applied(origins):
+    addresses = [f"127.0.0.1:{9001 + i}" for i in range(6)]
+    async with in_process(proxy_config(addresses)) as (_, admin_port, _):
+        results = await asyncio.gather(*(
+            call(admin_port, "PATCH", f"{SEG}/{a}", {"state": "drain"}) for a in addresses[:5]))
+        assert sorted(doc["version"] for _, doc, _ in results) == [2, 3, 4, 5, 6]
+        version, members = await _members(admin_port)
+        assert version == 6
+        assert [m[3] for m in members] == ["drain"] * 5 + ["active"]
+
+
+async def test_an_ipv6_backend_is_addressed_percent_encoded():
+    async with in_process(proxy_config(["[::1]:9001", "127.0.0.1:9002"])) as (_, admin_port, _):
+        status, doc, _ = await call(admin_port, "PATCH", f"{SEG}/%5B::1%5D:9001",
+                                    {"weight": 4})
+        assert (status, doc["backend"]["address"], doc["backend"]["weight"]) == (
+            200, "[::1]:9001", 4)

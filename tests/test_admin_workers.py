@@ -9,6 +9,9 @@ so no polling is needed for routing; /stats sums the workers' reports (<= 0.25 s
 from __future__ import annotations
 
 import json
+import os
+import signal
+from pathlib import Path
 
 import pytest
 from admin_support import TOKEN, call, origins_hit, proxy_config, until
@@ -70,3 +73,33 @@ async def test_put_patch_and_stats_reach_every_worker(tmp_path, origins, workers
     finally:
         if proc.returncode is None:
             await stop(proc)  # also closes the pipes before the loop ends
+
+
+async def test_a_restarted_worker_starts_with_the_drain_marks(tmp_path, origins):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(proxy_config(origins)))
+    proc = await spawn("run", "-c", str(path), "--workers", "2", dataplane=None)
+    try:
+        found, seen = await wait_for_lines(proc, LISTENING, 2)
+        admin, _ = await wait_for_lines(proc, ADMIN, 1)
+        assert len(found) == 2 and admin, seen
+        port, admin_port = int(found[0].group(2)), int(admin[0].group(2))
+        status, _, _ = await call(admin_port, "PATCH", f"{SEG}/{origins[2]}", {"state": "drain"})
+        assert status == 200
+        children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+                    .read_text().split()]
+        assert len(children) == 2
+        os.kill(children[0], signal.SIGKILL)
+        again, seen = await wait_for_lines(proc, LISTENING, 1)
+        assert again, seen
+
+        async def ready():
+            status, _, _ = await call(admin_port, "GET", "/ready")
+            return status == 200
+
+        assert await until(ready)
+        hits = await origins_hit(port, 30)
+        assert set(hits) == {"origin-1", "origin-2"}, hits
+    finally:
+        if proc.returncode is None:
+            await stop(proc)
