@@ -79,7 +79,7 @@ _FIELD_NAMED = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
 def _body_errors(exc: msgspec.ValidationError) -> list[tuple[str, str]]:
     # msgspec says "... - at `$.backends[1].weight`"; an unknown or missing field is named
     # in the message instead, so it is appended to the path: `backends[0].port`.
-    where, msg = config._located(exc, "")
+    where, msg = config.located(exc, "")
     m = _FIELD_NAMED.search(msg)
     if m:
         where = f"{where}.{m.group(1)}"

@@ -248,6 +248,9 @@ def validate(cfg: Config) -> list[tuple[str, str]]:
                 ipaddress.ip_address(host)
         except ValueError as exc:
             errors.append((path, str(exc)))
+    if cfg.admin.token is not None and not cfg.admin.token.strip():
+        # An empty token would let "Authorization: Bearer " through: omit it instead.
+        errors.append(("admin.token", "must not be empty (omit it to leave the API open)"))
     if cfg.admin.bind == cfg.listener.bind and not cfg.admin.bind.endswith(":0"):
         errors.append(("admin.bind", f"must differ from listener.bind ({cfg.listener.bind})"))
     if cfg.listener.tls is not None:
@@ -307,7 +310,8 @@ def field_path(base: str, key: str) -> str:
     return f"{base}{seg}" if base else seg.lstrip(".")
 
 
-def _located(exc: msgspec.ValidationError, base: str) -> tuple[str, str]:
+def located(exc: msgspec.ValidationError, base: str) -> tuple[str, str]:
+    """(field path re-rooted at `base`, message without msgspec's location suffix)."""
     # msgspec appends " - at `$.a[1].b`" relative to what it converted; re-root it at `base`.
     msg = str(exc)
     m = _PATH_RE.search(msg)
@@ -328,7 +332,7 @@ def _convert_clusters(clusters: Any, errors: list[tuple[str, str]]) -> Any:
         try:
             converted[name] = msgspec.convert(entry, ClusterConfig)
         except msgspec.ValidationError as exc:
-            errors.append(_located(exc, field_path("clusters", name)))
+            errors.append(located(exc, field_path("clusters", name)))
     return converted
 
 
@@ -370,7 +374,7 @@ def from_dict(data: Any) -> Config:
         try:
             sections[name] = msgspec.convert(value, f.type)
         except msgspec.ValidationError as exc:
-            where, msg = _located(exc, name)
+            where, msg = located(exc, name)
             if "[...]" not in where or not any(p.startswith(name) for p, _ in errors):
                 errors.append((where, msg))  # else: already named precisely above
     if errors:

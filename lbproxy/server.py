@@ -447,7 +447,11 @@ class _WorkerProcess:
             elif event == "inflight":
                 self.inflight = msg["clusters"]
             elif event == "stats":
-                self._on_stats(msg["clusters"])
+                try:
+                    self._on_stats(msg["clusters"])
+                except (KeyError, TypeError, ValueError, IndexError) as exc:
+                    # A bad report must not end this loop (it also watches for the exit).
+                    log(f"worker {self.index}: bad stats report ignored: {exc!r}")
 
 
 async def supervise(cfg: config.Config, workers: int, dataplane: str,

@@ -11,6 +11,8 @@ import asyncio
 import pytest
 from admin_support import TOKEN, call, in_process, origins_hit, proxy_config
 
+from lbproxy import config
+
 pytestmark = pytest.mark.timeout(60)
 
 SEG = "/clusters/segments/backends"
@@ -214,3 +216,18 @@ async def test_an_ipv6_backend_is_addressed_percent_encoded():
                                     {"weight": 4})
         assert (status, doc["backend"]["address"], doc["backend"]["weight"]) == (
             200, "[::1]:9001", 4)
+
+
+async def test_a_body_over_1_mib_is_413_json_and_changes_nothing(origins):
+    async with in_process(proxy_config(origins[:1])) as (_, admin_port, _):
+        before = await _members(admin_port)
+        raw = b'{"backends": ["' + b"x" * (2 << 20) + b'"]}'
+        status, doc, _ = await call(admin_port, "PUT", SEG, raw=raw)
+        assert (status, doc["error"]) == (413, "body_too_large")
+        assert await _members(admin_port) == before
+
+
+def test_an_empty_token_is_a_config_error():
+    with pytest.raises(config.ConfigError) as err:
+        config.from_dict(proxy_config(["127.0.0.1:1"], token=" "))
+    assert [path for path, _ in err.value.errors] == ["admin.token"]
