@@ -25,6 +25,7 @@ import msgspec
 from aiohttp import web
 
 from lbproxy import config, metrics, openapi
+from lbproxy.cluster import BackendInfo, Cluster
 from lbproxy.controller import Controller
 from lbproxy.snapshot import Snapshot
 from lbproxy.stats import InflightSource, stats_view
@@ -177,17 +178,14 @@ class AdminAPI:
         reason = "draining" if self.draining else "starting"
         return web.json_response({"ready": False, "reason": reason}, status=503)
 
-    def _backend_view(self, snap: Snapshot, cluster: str, address: str) -> dict[str, Any]:
-        c = snap.clusters[cluster]
-        b = c.backend(address)
-        assert b is not None
+    def _backend_view(self, cluster: Cluster, b: BackendInfo) -> dict[str, Any]:
         return {
             "address": b.address,
             "weight": b.weight,
             "zone": b.zone,
-            "state": c.state.state_of(b.address),
+            "state": cluster.state.state_of(b.address),
             "healthy": True,  # until active health checks exist
-            "inflight": self.inflight(cluster, b.address),
+            "inflight": self.inflight(cluster.name, b.address),
         }
 
     def clusters_view(self) -> dict[str, Any]:
@@ -198,8 +196,7 @@ class AdminAPI:
             out[name] = {
                 "policy": cluster.policy,
                 "version": snap.version,
-                "backends": [self._backend_view(snap, name, b.address)
-                             for b in cluster.backends],
+                "backends": [self._backend_view(cluster, b) for b in cluster.backends],
             }
         return {"clusters": out}
 
@@ -288,9 +285,12 @@ class AdminAPI:
         snap = controller.apply(
             msgspec.structs.replace(cfg, clusters={**cfg.clusters, name: new_cc}),
             drained=drained)
+        cluster = snap.clusters[name]
+        # Found in this snapshot's tuple: a later PUT may have removed it from the state.
+        info = next(b for b in cluster.backends if b.address == address)
         await self._published(snap)
         return web.json_response({"version": snap.version,
-                                  "backend": self._backend_view(snap, name, address)})
+                                  "backend": self._backend_view(cluster, info)})
 
     # ---- lifecycle -------------------------------------------------------------------
 
