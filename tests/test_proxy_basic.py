@@ -339,3 +339,36 @@ async def test_options_asterisk_is_valid_but_matches_no_prefix_route() -> None:
         c.close()
     # not 400: asterisk-form is valid for OPTIONS; "*" has no "/" prefix, so no route
     assert resp.status == 404
+
+
+@on_uvloop
+async def test_chunk_extensions_and_trailers_are_dropped_both_ways() -> None:
+    async def handler(b: Backend, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        data = b""
+        while not data.endswith(b"0\r\n\r\n"):
+            data += await b.read(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"
+                     b"3;note=1\r\nabc\r\n0\r\nX-Sum: 42\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    backend = Backend(handler=handler)
+    async with running(backend) as proxy:
+        c = await Client.connect(proxy.port)
+        await c.send(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+                     b"Trailer: X-Check\r\n\r\n4;ext=\"v\"\r\nwxyz\r\n0\r\nX-Check: 1\r\n\r\n")
+        resp = await c.response()
+        raw_after = await c.closed(0.2)
+        c.close()
+    sent = bytes(backend.raw)
+    assert sent.endswith(b"\r\n\r\n4\r\nwxyz\r\n0\r\n\r\n")  # re-chunked, no ext, no trailer
+    assert b"x-check" not in sent.lower() and b"trailer" not in sent.lower()
+    assert resp.status == 200 and resp.body == b"abc" and resp.complete
+    assert resp.header(b"trailer") is None
+    assert not raw_after
+
+    async with running(Backend(handler=handler)) as proxy:
+        raw = await exchange(proxy.port, b"POST / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert raw.endswith(b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n")  # the client sees no trailer
