@@ -372,3 +372,19 @@ async def test_chunk_extensions_and_trailers_are_dropped_both_ways() -> None:
         raw = await exchange(proxy.port, b"POST / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
                              b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
     assert raw.endswith(b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n")  # the client sees no trailer
+
+
+@on_uvloop
+async def test_http10_keep_alive_on_request() -> None:
+    backend = Backend()
+    async with running(backend) as proxy:
+        c = await Client.connect(proxy.port)
+        for _ in range(3):
+            await c.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            resp = await c.response()
+            assert resp.status == 200 and resp.body == b"ok"
+            assert resp.header(b"connection") == b"keep-alive"
+        await c.send(b"GET / HTTP/1.0\r\n\r\n")  # without keep-alive: close after it
+        assert (await c.response()).header(b"connection") == b"close"
+        assert await c.closed(2)
+        c.close()
