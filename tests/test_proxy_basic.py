@@ -388,3 +388,36 @@ async def test_http10_keep_alive_on_request() -> None:
         assert (await c.response()).header(b"connection") == b"close"
         assert await c.closed(2)
         c.close()
+
+
+@on_uvloop
+async def test_pipelining_reads_ahead_only_a_bounded_amount() -> None:
+    from lbproxy.proxy.client import PIPELINE_LIMIT, PIPELINE_SLICE
+
+    release = asyncio.Event()
+
+    async def handler(b: Backend, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        while True:
+            data = await b.read(reader)
+            if not data:
+                return
+            await release.wait()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    backend = Backend(handler=handler)
+    request = b"GET /p HTTP/1.1\r\nHost: a\r\n\r\n"
+    async with running(backend) as proxy:
+        c = await Client.connect(proxy.port)
+        c.writer.transport.set_write_buffer_limits(high=1 << 22)
+        c.writer.write(request * 3000)  # ~84 KiB of pipelined requests
+        await asyncio.sleep(0.3)
+        (conn,) = proxy.plane._connections
+        parsed_ahead = len(conn._queue)
+        assert parsed_ahead <= PIPELINE_LIMIT + PIPELINE_SLICE // len(request)
+        release.set()
+        for _ in range(3000):
+            assert (await c.response()).status == 200
+        c.close()
+    assert backend.connections == 1

@@ -50,8 +50,11 @@ CRLF = b"\r\n"
 # Body bytes held for an exchange that has no upstream connection yet (connecting, or a
 # pipelined request waiting its turn) before the client is paused.
 BUFFER_LIMIT = 256 * 1024
-# Pipelined requests parsed ahead of the one being answered before reading pauses.
+# Pipelined requests parsed ahead of the one being answered before reading pauses, and
+# the slice in which bytes arriving behind an active request are parsed, so a read full of
+# tiny pipelined requests is not parsed (and queued) all at once.
 PIPELINE_LIMIT = 16
+PIPELINE_SLICE = 4096
 # RFC 9110 §9.2.2: only idempotent requests may be retried after a connection failure.
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
@@ -158,6 +161,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         "_closing",
         "_head_limit",
         "_head_raw",
+        "_held",
         "_loop",
         "_no_more",
         "_parser",
@@ -196,6 +200,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         self._parsing: Exchange | None = None  # the request whose body is being parsed
         self._active: Exchange | None = None  # the request being answered
         self._queue: deque[Exchange] = deque()  # pipelined requests waiting their turn
+        self._held = b""  # unparsed pipelined bytes, once the queue is full
         self._reject: ProxyError | None = None
         self._pending_error: ProxyError | None = None  # answer after the active exchange
         self._no_more = False  # nothing after the active exchange (upgrade, parse error)
@@ -234,6 +239,29 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
             return
         if self.in_head:
             self._head_raw += len(data)
+        if len(data) <= PIPELINE_SLICE:
+            self._feed(data)  # the common case: one request per read
+        else:
+            self._feed_sliced(data)
+
+    def _feed_sliced(self, data: bytes) -> None:
+        """Parse pipelined bytes a slice at a time, holding the rest once the queue is full."""
+        while data:
+            if len(self._queue) >= PIPELINE_LIMIT:
+                # Read-ahead stops here: what is left waits unparsed until the queue drains.
+                self._held = data
+                self._pause(P_PIPELINE)
+                return
+            ex = self._parsing
+            if ex is not None and ex is self._active:
+                piece, data = data, b""  # the active request's own body streams whole
+            else:
+                piece, data = data[:PIPELINE_SLICE], data[PIPELINE_SLICE:]
+            if not self._feed(piece) or self._closing:
+                return
+
+    def _feed(self, data: bytes) -> bool:
+        """Parse `data`; False when parsing stopped for good on this connection."""
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -243,10 +271,10 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
             self._pause(P_STOP)
             if self._active is None:
                 self._close()
-            return
+            return False
         except httptools.HttpParserError as exc:
             if self._closing:
-                return
+                return False
             err = self._reject
             self._reject = None
             if err is None:
@@ -259,11 +287,13 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
                     else errors.BAD_REQUEST
                 )
             self._parse_failed(err)
-            return
+            return False
         if self.in_head and self._head_raw > self._head_limit:
             # One header line (or the head) keeps growing past every limit: 431 without
             # waiting for its end (httptools buffers a field until it is complete).
             self._parse_failed(errors.HEADERS_TOO_LARGE)
+            return False
+        return True
 
     def eof_received(self) -> bool:
         """The client half-closed: answer a complete request, abandon an incomplete one."""
@@ -622,9 +652,13 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         queue = self._queue
         if queue:
             ex = queue.popleft()
-            if self._pause_bits & P_PIPELINE and len(queue) < PIPELINE_LIMIT // 2:
-                self._resume(P_PIPELINE)
             self._start(ex)
+            if self._pause_bits & P_PIPELINE and len(queue) < PIPELINE_LIMIT // 2:
+                held = self._held
+                self._held = b""
+                self._resume(P_PIPELINE)
+                if held and not self._closing:
+                    self._feed_sliced(held)
             return
         if self.in_head or self._parsing is not None:
             return  # the next request is arriving; its own clocks run
