@@ -421,3 +421,35 @@ async def test_pipelining_reads_ahead_only_a_bounded_amount() -> None:
             assert (await c.response()).status == 200
         c.close()
     assert backend.connections == 1
+
+
+@on_uvloop
+async def test_tls_listener_sets_x_forwarded_proto_https() -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    backend = await Backend().start()
+    from proxy_harness import Proxy, make_config
+
+    proxy = Proxy(make_config([backend]))
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(proxy.plane.protocol_factory, "127.0.0.1", 0,
+                                      ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx)
+        writer.write(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        raw = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    finally:
+        server.close()
+        await proxy.plane.drain(0.5)
+        await backend.stop()
+    assert status_of(raw) == 200
+    assert backend.requests[0].header(b"x-forwarded-proto") == b"https"
