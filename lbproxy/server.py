@@ -34,7 +34,8 @@ import uvloop
 
 from lbproxy import config
 from lbproxy.admin import AdminAPI
-from lbproxy.snapshot import Snapshot, build_snapshot
+from lbproxy.controller import Controller
+from lbproxy.snapshot import Snapshot
 
 # The data plane class, as "module:attribute"; workers import it by this name.
 DEFAULT_DATAPLANE = "lbproxy.proxy:DataPlane"
@@ -184,8 +185,13 @@ class Listener:
         self.cfg = cfg
         self.host, _ = config.parse_hostport(cfg.listener.bind)
         self.port = port
+        self.ssl: ssl.SSLContext | None = None
+        if cfg.listener.tls is not None:
+            try:
+                self.ssl = build_ssl_context(cfg.listener.tls)
+            except (ssl.SSLError, OSError) as exc:
+                raise StartupError(f"cannot load listener.tls cert/key: {exc}") from None
         self.dataplane = dataplane(snapshot)
-        self.ssl = build_ssl_context(cfg.listener.tls) if cfg.listener.tls else None
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -217,17 +223,24 @@ def _listening(cfg: config.Config, host: str, port: int, index: int, total: int)
 async def serve(cfg: config.Config, *, dataplane: DataPlaneFactory,
                 stop: asyncio.Event | None = None,
                 on_ready: Callable[[Listener, AdminAPI], Awaitable[None] | None] | None = None,
-                ) -> None:
-    """Run one listener, its data plane and the admin API in this process until `stop`."""
+                config_path: str | None = None) -> None:
+    """Run one listener, its data plane and the admin API in this process until `stop`.
+
+    With `config_path`, SIGHUP reloads that file (see `_install_reload`).
+    """
+    loop = asyncio.get_running_loop()
     if stop is None:
-        stop = _install_stop(asyncio.get_running_loop())
+        stop = _install_stop(loop)
     host, port = config.parse_hostport(cfg.listener.bind)
     port = probe_port(host, port)
     admin_host, admin_port = config.parse_hostport(cfg.admin.bind)
-    snapshot = build_snapshot(cfg, {}, 1)
-    listener = Listener(cfg, snapshot, dataplane, port)
-    admin = AdminAPI(snapshot)
+    controller = Controller(cfg)
+    listener = Listener(cfg, controller.snapshot, dataplane, port)
+    admin = AdminAPI(controller.snapshot)
+    controller.sinks += [_assign(listener.dataplane), _assign(admin)]
     admin_port = await _start_admin(admin, admin_host, admin_port)
+    if config_path is not None:
+        _install_reload(loop, controller, config_path)
     try:
         await listener.start()
         admin.accepting = True
@@ -246,15 +259,39 @@ async def serve(cfg: config.Config, *, dataplane: DataPlaneFactory,
     log("stopped")
 
 
+def _assign(consumer: DataPlaneLike | AdminAPI) -> Callable[[Snapshot], None]:
+    # The one-assignment swap of ARCHITECTURE.md rule 1.
+    def sink(snapshot: Snapshot) -> None:
+        consumer.snapshot = snapshot
+
+    return sink
+
+
+def _install_reload(loop: asyncio.AbstractEventLoop, controller: Controller, path: str) -> None:
+    """SIGHUP re-reads `path`; a valid file becomes the next snapshot, else nothing changes."""
+
+    def reload() -> None:
+        try:
+            snap = controller.apply(config.load(path))
+        except config.ConfigError as exc:
+            for field, msg in exc.errors:
+                log(f"reload rejected, keeping version {controller.snapshot.version}: "
+                    + (f"{field}: {msg}" if field else msg))
+            return
+        log(f"reloaded {path} (version {snap.version})")
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+
+
 # ---- workers (--workers N > 1) -------------------------------------------------------
 
 
-async def _report_loop(snapshot: Snapshot) -> None:
+async def _report_loop(controller: Controller) -> None:
     # Off the request path: reads BackendLoad from a timer, never from a request.
     last = ""
     while True:
         view = {name: {b.address: c.state.inflight(b.address) for b in c.backends}
-                for name, c in snapshot.clusters.items()}
+                for name, c in controller.snapshot.clusters.items()}
         line = json.dumps({"event": "inflight", "clusters": view})
         if line != last:
             _emit_line(line)
@@ -263,40 +300,77 @@ async def _report_loop(snapshot: Snapshot) -> None:
 
 
 def _emit_line(line: str) -> None:
-    # The pipe to the supervisor; lines are short (well under PIPE_BUF is not needed: one
-    # writer per pipe), and a supervisor that went away makes this process exit on EPIPE.
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    # The pipe to the supervisor, which reads it continuously, so this short write does not
+    # block. If the supervisor is gone the write fails; stdin's EOF then starts the drain.
+    with contextlib.suppress(BrokenPipeError):
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
-async def _worker(cfg: config.Config, index: int, total: int, port: int,
+class _SupervisorPipe(asyncio.Protocol):
+    """The worker's stdin: new configs as JSON lines; EOF means the supervisor is gone."""
+
+    def __init__(self, stop: asyncio.Event, controller: Controller) -> None:
+        self._stop = stop
+        self._controller = controller
+        self._buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        while b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            try:
+                msg = json.loads(line)
+                self._controller.apply(config.from_dict(msg["config"]), msg["version"])
+            except (ValueError, KeyError, TypeError) as exc:  # ConfigError is a ValueError
+                # The supervisor validated it, so this is a bug: be loud, keep serving.
+                log(f"worker could not apply a config line: {exc}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._stop.is_set():
+            log("supervisor went away; draining")
+        self._stop.set()
+
+
+async def _worker(cfg: config.Config, version: int, index: int, total: int, port: int,
                   dataplane: DataPlaneFactory) -> None:
-    stop = _install_stop(asyncio.get_running_loop())
-    snapshot = build_snapshot(cfg, {}, 1)
-    listener = Listener(cfg, snapshot, dataplane, port)
+    loop = asyncio.get_running_loop()
+    stop = _install_stop(loop)
+    controller = Controller(cfg, version)
+    listener = Listener(cfg, controller.snapshot, dataplane, port)
+    controller.sinks.append(_assign(listener.dataplane))
+    # Later configs arrive on stdin; its EOF means an orphan, which must not keep serving.
+    pipe, _ = await loop.connect_read_pipe(lambda: _SupervisorPipe(stop, controller), sys.stdin)
     await listener.start()
     host, _ = config.parse_hostport(cfg.listener.bind)
     log(_listening(cfg, host, listener.port, index, total))
     _emit_line(json.dumps({"event": "ready", "worker": index}))
-    reporter = asyncio.create_task(_report_loop(snapshot))
+    reporter = asyncio.create_task(_report_loop(controller))
     await stop.wait()
     await listener.drain()
     reporter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await reporter
+    pipe.close()
 
 
 def worker_main(argv: list[str]) -> int:
     """Entry of one worker process: ``python -m lbproxy.server INDEX TOTAL PORT DATAPLANE``.
 
-    The supervisor writes the config as one JSON line on stdin (already validated there).
+    The supervisor writes ``{"version": N, "config": {...}}`` lines on stdin (validated
+    there): the first one to start with, each later one to replace the snapshot.
     """
     index, total, port, dataplane_name = int(argv[0]), int(argv[1]), int(argv[2]), argv[3]
-    cfg = config.from_dict(json.loads(sys.stdin.readline()))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reload is the supervisor's to do
+    # The raw (unbuffered) stream reads exactly one line, so nothing the supervisor sends
+    # later is swallowed by a read-ahead buffer before the event loop watches stdin.
+    with open(sys.stdin.fileno(), "rb", buffering=0, closefd=False) as raw:
+        first = json.loads(raw.readline())
+    cfg = config.from_dict(first["config"])
     try:
         dataplane = load_dataplane(dataplane_name)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(_worker(cfg, index, total, port, dataplane))
+            runner.run(_worker(cfg, first["version"], index, total, port, dataplane))
     except StartupError as exc:
         log(f"worker {index}/{total}: {exc}")
         return 1
@@ -313,7 +387,7 @@ class _WorkerProcess:
         self.inflight: dict[str, dict[str, int]] = {}
 
     async def spawn(self, cfg_line: bytes, total: int, port: int, dataplane: str) -> None:
-        """Start the process and hand it the config."""
+        """Start the process and hand it the current config line."""
         self.ready.clear()
         self.inflight = {}
         self.proc = await asyncio.create_subprocess_exec(
@@ -324,6 +398,11 @@ class _WorkerProcess:
         assert self.proc.stdin is not None
         self.proc.stdin.write(cfg_line)
         await self.proc.stdin.drain()
+
+    def send(self, line: bytes) -> None:
+        """Hand a running worker a new config line (buffered by the pipe transport)."""
+        if self.proc is not None and self.proc.returncode is None and self.proc.stdin:
+            self.proc.stdin.write(line)
 
     async def read_reports(self) -> None:
         """Consume the worker's JSON lines until it exits."""
@@ -340,7 +419,7 @@ class _WorkerProcess:
 
 
 async def supervise(cfg: config.Config, workers: int, dataplane: str,
-                    stop: asyncio.Event | None = None) -> int:
+                    stop: asyncio.Event | None = None, config_path: str | None = None) -> int:
     """Run `workers` worker processes and the admin API here; returns the exit status."""
     loop = asyncio.get_running_loop()
     if stop is None:
@@ -354,15 +433,26 @@ async def supervise(cfg: config.Config, workers: int, dataplane: str,
         return sum(p.inflight.get(cluster, {}).get(address, 0) for p in procs)
 
     # The supervisor's own snapshot only describes the config (its loads stay idle).
-    admin = AdminAPI(build_snapshot(cfg, {}, 1), inflight)
+    controller = Controller(cfg)
+    admin = AdminAPI(controller.snapshot, inflight)
+    cfg_line = _config_line(controller.snapshot)
+
+    def broadcast(snapshot: Snapshot) -> None:
+        nonlocal cfg_line
+        cfg_line = _config_line(snapshot)  # also what a restarted worker starts from
+        for p in procs:
+            p.send(cfg_line)
+
+    controller.sinks += [_assign(admin), broadcast]
     admin_port = await _start_admin(admin, admin_host, admin_port)
-    cfg_line = json.dumps(msgspec.to_builtins(cfg)).encode() + b"\n"
+    if config_path is not None:
+        _install_reload(loop, controller, config_path)
     draining = False
     status = 0
 
     async def keep(p: _WorkerProcess) -> None:
         nonlocal status
-        while True:
+        while not draining:  # a worker due for restart when the drain begins stays down
             await p.spawn(cfg_line, workers, port, dataplane)
             assert p.proc is not None
             await p.read_reports()
@@ -414,6 +504,11 @@ async def supervise(cfg: config.Config, workers: int, dataplane: str,
     return status
 
 
+def _config_line(snapshot: Snapshot) -> bytes:
+    body = {"version": snapshot.version, "config": msgspec.to_builtins(snapshot.config)}
+    return json.dumps(body).encode() + b"\n"
+
+
 async def _all_ready(procs: list[_WorkerProcess]) -> None:
     for p in procs:
         await p.ready.wait()
@@ -426,14 +521,16 @@ async def _track_readiness(procs: list[_WorkerProcess], admin: AdminAPI) -> None
         await asyncio.sleep(REPORT_INTERVAL_S)
 
 
-def run(cfg: config.Config, workers: int = 1, dataplane: str | None = None) -> int:
-    """Run the proxy until SIGTERM/SIGINT; returns the process exit status."""
+def run(cfg: config.Config, workers: int = 1, dataplane: str | None = None,
+        config_path: str | None = None) -> int:
+    """Run the proxy until SIGTERM/SIGINT (SIGHUP reloads `config_path`); returns the status."""
     dataplane = dataplane or DEFAULT_DATAPLANE
+
     async def main() -> int:
         if workers == 1:
-            await serve(cfg, dataplane=load_dataplane(dataplane))
+            await serve(cfg, dataplane=load_dataplane(dataplane), config_path=config_path)
             return 0
-        return await supervise(cfg, workers, dataplane)
+        return await supervise(cfg, workers, dataplane, config_path=config_path)
 
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
