@@ -453,3 +453,17 @@ async def test_tls_listener_sets_x_forwarded_proto_https() -> None:
         await backend.stop()
     assert status_of(raw) == 200
     assert backend.requests[0].header(b"x-forwarded-proto") == b"https"
+
+
+@on_uvloop
+async def test_request_after_a_length_body_in_the_same_read_is_parsed() -> None:
+    backend = Backend(lambda req: Reply(body=req.target + b"|%d" % req.body_len))
+    async with running(backend) as proxy:
+        c = await Client.connect(proxy.port)
+        await c.send(b"PUT /a HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n" + b"x" * 10)
+        await asyncio.sleep(0.05)  # the rest of the body arrives in a later read
+        await c.send(b"y" * 99_990 + b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+        first, second = await c.response(), await c.response()
+        c.close()
+    assert (first.body, second.body) == (b"/a|100000", b"/b|0")
+    assert backend.requests[0].body == b"x" * 10 + b"y" * 99_990

@@ -171,6 +171,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         "_plane",
         "_proto",
         "_queue",
+        "_raw_left",
         "_reject",
         "_saved_deadline",
         "_saved_kind",
@@ -201,6 +202,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         self._active: Exchange | None = None  # the request being answered
         self._queue: deque[Exchange] = deque()  # pipelined requests waiting their turn
         self._held = b""  # unparsed pipelined bytes, once the queue is full
+        self._raw_left = 0  # > 0: Content-Length body bytes relayed without the parser
         self._reject: ProxyError | None = None
         self._pending_error: ProxyError | None = None  # answer after the active exchange
         self._no_more = False  # nothing after the active exchange (upgrade, parse error)
@@ -237,28 +239,56 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         """Feed the request parser (all the work happens in its callbacks)."""
         if self._closing:
             return
+        if self._raw_left:
+            data = self._relay_raw(data)
+            if not data:
+                return
         if self.in_head:
             self._head_raw += len(data)
         if len(data) <= PIPELINE_SLICE:
-            self._feed(data)  # the common case: one request per read
+            ok = self._feed(data)  # the common case: one request per read
         else:
-            self._feed_sliced(data)
+            ok = self._feed_sliced(data)
+        ex = self._parsing
+        if ok and ex is not None and ex.framing == FRAME_LENGTH and ex is self._active:
+            # The rest of this request is a Content-Length body (RFC 9112 §6.2): relay the
+            # next reads as they are, without the parser's copy and callbacks per read.
+            self._raw_left = ex.content_length - ex.body_received
 
-    def _feed_sliced(self, data: bytes) -> None:
+    def _relay_raw(self, data: bytes) -> bytes:
+        """Pass Content-Length body bytes on; returns what follows the body, if anything."""
+        left = self._raw_left
+        n = len(data)
+        try:
+            if n < left:
+                self._raw_left = left - n
+                self.on_body(data)
+                return b""
+            self._raw_left = 0
+            self.on_body(data[:left] if n > left else data)
+        except _Reject:
+            return b""  # over the route's limit: already answered and closing
+        # The parser still expects those bytes: a fresh one reads whatever comes next.
+        self._parser = httptools.HttpRequestParser(self)
+        self.on_message_complete()
+        return b"" if self._closing else data[left:]
+
+    def _feed_sliced(self, data: bytes) -> bool:
         """Parse pipelined bytes a slice at a time, holding the rest once the queue is full."""
         while data:
             if len(self._queue) >= PIPELINE_LIMIT:
                 # Read-ahead stops here: what is left waits unparsed until the queue drains.
                 self._held = data
                 self._pause(P_PIPELINE)
-                return
+                return False
             ex = self._parsing
             if ex is not None and ex is self._active:
                 piece, data = data, b""  # the active request's own body streams whole
             else:
                 piece, data = data[:PIPELINE_SLICE], data[PIPELINE_SLICE:]
             if not self._feed(piece) or self._closing:
-                return
+                return False
+        return True
 
     def _feed(self, data: bytes) -> bool:
         """Parse `data`; False when parsing stopped for good on this connection."""
