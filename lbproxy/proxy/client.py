@@ -245,10 +245,8 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
                 return
         if self.in_head:
             self._head_raw += len(data)
-        if len(data) <= PIPELINE_SLICE:
-            ok = self._feed(data)  # the common case: one request per read
-        else:
-            ok = self._feed_sliced(data)
+        # the common case is one request per read: parsed in one go
+        ok = self._feed(data) if len(data) <= PIPELINE_SLICE else self._feed_sliced(data)
         ex = self._parsing
         if ok and ex is not None and ex.framing == FRAME_LENGTH and ex is self._active:
             # The rest of this request is a Content-Length body (RFC 9112 §6.2): relay the
