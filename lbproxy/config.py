@@ -182,10 +182,8 @@ def validate_backends(entries: list[str | Backend], path: str) -> list[tuple[str
             parse_hostport(b.address)
         except ValueError as exc:
             errors.append((where if isinstance(entry, str) else f"{where}.address", str(exc)))
-        if b.weight < 1:
-            errors.append((f"{where}.weight", f"must be >= 1, got {b.weight}"))
-        elif b.weight > MAX_WEIGHT:
-            errors.append((f"{where}.weight", f"must be <= {MAX_WEIGHT}, got {b.weight}"))
+        if not 1 <= b.weight <= MAX_WEIGHT:
+            errors.append((f"{where}.weight", f"must be 1-{MAX_WEIGHT}, got {b.weight}"))
         if b.address in seen:
             errors.append((where, f"duplicate address {b.address!r} (also at [{seen[b.address]}])"))
         seen.setdefault(b.address, i)
