@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import threading
 
 import pytest
 import schemathesis
@@ -40,7 +41,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 @pytest.fixture(scope="module")
 def admin_url(tmp_path_factory):
-    """`lbproxy run` (stand-in data plane) with a two-cluster config; yields the admin URL."""
+    """`lbproxy run` (stand-in data plane) with a token; yields the admin URL."""
     path = tmp_path_factory.mktemp("st") / "c.json"
     path.write_text(json.dumps({
         "listener": {"bind": "127.0.0.1:0"},
@@ -53,10 +54,14 @@ def admin_url(tmp_path_factory):
                                          dataplane="standin_dataplane:StandInDataPlane"),
                             env=subprocess_env(), stderr=subprocess.PIPE)
     assert proc.stderr is not None
+    reader = None
     try:
         for line in proc.stderr:
             m = re.search(ADMIN.pattern.decode(), line.decode())
             if m:
+                # Keep reading stderr, or a full pipe would block the server's logging.
+                reader = threading.Thread(target=proc.stderr.read, daemon=True)
+                reader.start()
                 yield f"http://127.0.0.1:{m.group(2)}"
                 break
         else:
@@ -64,6 +69,8 @@ def admin_url(tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(20)
+        if reader is not None:
+            reader.join(5)  # EOF once the process is gone
         proc.stderr.close()
 
 
