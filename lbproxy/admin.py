@@ -31,8 +31,9 @@ from lbproxy.snapshot import Snapshot
 from lbproxy.stats import InflightSource, stats_view
 from lbproxy.webapp import start_app
 
-# Under a supervisor: wait (bounded) until every running worker applied this version.
-Propagation = Callable[[int], Awaitable[None]]
+# Under a supervisor: wait (bounded) until every running worker applied this version;
+# returns the workers that had not when the wait ended (normally none).
+Propagation = Callable[[int], Awaitable[list[int]]]
 
 log = logging.getLogger("lbproxy.admin")
 MAX_BODY_BYTES = 1 << 20
@@ -227,9 +228,13 @@ class AdminAPI:
             raise _Problem(404, "unknown_cluster", f"no cluster named {name!r}")
         return self._controller, cc
 
-    async def _published(self, snap: Snapshot) -> None:
+    async def _published(self, snap: Snapshot, answer: dict[str, Any]) -> web.Response:
+        """200 with `answer`, once the workers applied `snap` (or the wait gave up)."""
         if self._propagation is not None:
-            await self._propagation(snap.version)
+            pending = await self._propagation(snap.version)
+            if pending:  # applied here and sent; these workers did not confirm in time
+                answer = {**answer, "pending_workers": pending}
+        return web.json_response(answer)
 
     async def put_backends(self, request: web.Request) -> web.Response:
         """PUT /clusters/{name}/backends: replace the backend set atomically."""
@@ -245,8 +250,7 @@ class AdminAPI:
         cfg = controller.config
         snap = controller.apply(msgspec.structs.replace(
             cfg, clusters={**cfg.clusters, name: new_cc}))
-        await self._published(snap)
-        return web.json_response({"version": snap.version})
+        return await self._published(snap, {"version": snap.version})
 
     def _member_index(self, cc: config.ClusterConfig, address: str) -> int:
         for i, entry in enumerate(cc.backends):
@@ -288,9 +292,8 @@ class AdminAPI:
         cluster = snap.clusters[name]
         # Found in this snapshot's tuple: a later PUT may have removed it from the state.
         info = next(b for b in cluster.backends if b.address == address)
-        await self._published(snap)
-        return web.json_response({"version": snap.version,
-                                  "backend": self._backend_view(cluster, info)})
+        return await self._published(snap, {"version": snap.version,
+                                            "backend": self._backend_view(cluster, info)})
 
     # ---- lifecycle -------------------------------------------------------------------
 

@@ -33,6 +33,9 @@ _ADDRESS = {"name": "address", "in": "path", "required": True,
             "description": "Backend host:port ([v6]:port for IPv6, percent-encoded)"}
 _MS = {"type": ["number", "null"], "description": "ms; null before any sample"}
 _COUNT = {"type": "integer", "minimum": 0}
+_PENDING = {"type": "array", "items": {"type": "integer"},
+            "description": "Only when some worker did not confirm the new version within 5 s "
+                           "(it was sent; a restarted worker starts from it)"}
 
 _SUMMARY_PROPS: dict[str, Any] = {
     "requests": _COUNT,
@@ -84,7 +87,7 @@ SCHEMAS: dict[str, Any] = {
                        "state": {"type": "string", "enum": ["drain", "active"]}},
     },
     "Version": {"type": "object", "required": ["version"],
-                "properties": {"version": {"type": "integer"}}},
+                "properties": {"version": {"type": "integer"}, "pending_workers": _PENDING}},
     "BackendView": {
         "type": "object",
         "required": ["address", "weight", "zone", "state", "healthy", "inflight"],
@@ -158,7 +161,8 @@ DOCUMENT: dict[str, Any] = {
                             "content": {_JSON: {"schema": _ref("BackendPatch")}}},
             "responses": {"200": _json({"type": "object", "required": ["version", "backend"],
                                         "properties": {"version": {"type": "integer"},
-                                                       "backend": _ref("BackendView")}},
+                                                       "backend": _ref("BackendView"),
+                                                       "pending_workers": _PENDING}},
                                        "Applied"),
                           "400": {**_ERROR, "description": "Invalid body; nothing changed"},
                           "401": _UNAUTHORIZED,

@@ -472,13 +472,17 @@ async def supervise(cfg: config.Config, workers: int, dataplane: str,
     def inflight(cluster: str, address: str) -> int:
         return sum(p.inflight.get(cluster, {}).get(address, 0) for p in procs)
 
-    async def propagated(version: int) -> None:
+    async def propagated(version: int) -> list[int]:
         # A worker that is not ready (restarting) is skipped: it starts from the newest line.
+        def pending() -> list[int]:
+            return [p.index for p in procs
+                    if p.ready.is_set() and p.proc is not None and p.proc.returncode is None
+                    and p.version < version]
+
         end = loop.time() + PROPAGATION_TIMEOUT_S
-        while loop.time() < end and any(
-                p.ready.is_set() and p.proc is not None and p.proc.returncode is None
-                and p.version < version for p in procs):
+        while pending() and loop.time() < end:
             await asyncio.sleep(0.005)
+        return pending()
 
     admin = AdminAPI(controller.snapshot, inflight, controller=controller,
                      propagation=propagated)

@@ -8,14 +8,18 @@ so no polling is needed for routing; /stats sums the workers' reports (<= 0.25 s
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
+import socket
 from pathlib import Path
 
 import pytest
 from admin_support import TOKEN, call, origins_hit, proxy_config, until
 from ctl_support import ADMIN, LISTENING, spawn, stop, wait_for_lines
+
+from lbproxy import config, server
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -103,3 +107,49 @@ async def test_a_restarted_worker_starts_with_the_drain_marks(tmp_path, origins)
     finally:
         if proc.returncode is None:
             await stop(proc)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_worker_that_does_not_confirm_is_named_in_the_answer(origins, monkeypatch):
+    monkeypatch.setattr(server, "PROPAGATION_TIMEOUT_S", 0.5)
+    cfg = proxy_config(origins)
+    admin_port = _free_port()
+    cfg["admin"]["bind"] = f"127.0.0.1:{admin_port}"
+    stop_event = asyncio.Event()
+    task = asyncio.create_task(server.supervise(config.from_dict(cfg), 2,
+                                                server.DEFAULT_DATAPLANE, stop=stop_event))
+
+    async def ready():
+        try:
+            return (await call(admin_port, "GET", "/ready"))[0] == 200
+        except OSError:
+            return False
+
+    stopped = None
+    try:
+        assert await until(ready, timeout=20)
+        me = os.getpid()
+        workers = sorted(
+            int(p) for p in Path(f"/proc/{me}/task/{me}/children").read_text().split()
+            if b"lbproxy.server" in Path(f"/proc/{p}/cmdline").read_bytes())
+        assert len(workers) == 2
+        stopped = workers[0]
+        os.kill(stopped, signal.SIGSTOP)  # it cannot read the new line, let alone confirm
+        status, doc, _ = await call(admin_port, "PATCH", f"{SEG}/{origins[0]}",
+                                    {"state": "drain"})
+        assert status == 200 and len(doc["pending_workers"]) == 1, doc
+        os.kill(stopped, signal.SIGCONT)
+        stopped = None
+        status, doc, _ = await call(admin_port, "PATCH", f"{SEG}/{origins[0]}",
+                                    {"state": "active"})
+        assert status == 200 and "pending_workers" not in doc, doc
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        stop_event.set()
+        assert await asyncio.wait_for(task, 20) == 0
