@@ -11,6 +11,8 @@ touch the data plane's internals.
 
 Mutations are read-modify-write on `controller.config` with no await between the read and
 `apply()`, so two concurrent calls on one event loop cannot lose each other's change.
+With `admin.token` set, every non-safe method needs the bearer token (CONTRACT.md: "every
+mutating admin call"); safe methods (GET, HEAD) stay open, so monitoring needs no secret.
 """
 
 from __future__ import annotations
