@@ -438,3 +438,29 @@ async def test_backend_dying_mid_upload_is_502() -> None:
         c.close()
         assert status_of(out) == 502 and header_of(out, b"x-lbproxy-error") == b"backend_failed"
         assert outcomes(proxy) == {Outcome.RESET: 1}
+
+
+@on_uvloop
+async def test_early_response_before_the_body_is_sent_is_not_reused() -> None:
+    async def handler(b: Backend, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        await b.read(reader)
+        if b.connections == 1:  # answer before the request body is through, like a 413
+            writer.write(b"HTTP/1.1 413 Too Big\r\nContent-Length: 3\r\n\r\nbig")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        with contextlib.suppress(ConnectionError):
+            await reader.read()
+
+    backend = Backend(handler=handler)
+    async with running(backend) as proxy:
+        c = await Client.connect(proxy.port)
+        await c.send(b"PUT /u HTTP/1.1\r\n" + H + b"Content-Length: 1000000\r\n\r\n" + b"x" * 1000)
+        resp = await c.response()
+        assert resp.status == 413 and resp.body == b"big"
+        assert resp.header(b"connection") == b"close"  # the rest of the body is never read
+        c.close()
+        out = await exchange(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+        assert status_of(out) == 200
+    assert backend.connections == 2
