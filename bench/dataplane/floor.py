@@ -41,10 +41,11 @@ class Client(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.upstream: Upstream | None = None
         self.held: list[bytes] = []
+        self.connecting: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        asyncio.ensure_future(self._connect())
+        self.connecting = asyncio.ensure_future(self._connect())
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
