@@ -64,7 +64,8 @@ class AdminAPI:
                         "weight": b.weight,
                         "zone": b.zone,
                         "state": state.state_of(b.address),
-                        "healthy": True,  # until active health checks exist
+                        "healthy": state.is_healthy(b.address),  # health check and ejection
+                        "ejected": state.is_ejected(b.address),
                         "inflight": self.inflight(name, b.address),
                     }
                     for b in cluster.backends

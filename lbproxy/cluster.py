@@ -224,6 +224,10 @@ class ClusterState:
         """Whether outlier detection has `address` ejected now."""
         return address in self._ejected
 
+    def is_unhealthy(self, address: str) -> bool:
+        """Whether `address` fails its active health check now."""
+        return address in self._unhealthy
+
     def is_healthy(self, address: str) -> bool:
         """Neither failing its health check nor ejected (the admin API's `healthy`)."""
         return address not in self._unhealthy and address not in self._ejected

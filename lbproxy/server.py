@@ -32,7 +32,7 @@ from typing import Protocol
 import msgspec
 import uvloop
 
-from lbproxy import config
+from lbproxy import config, health
 from lbproxy.admin import AdminAPI
 from lbproxy.controller import Controller
 from lbproxy.snapshot import Snapshot
@@ -241,6 +241,7 @@ async def serve(cfg: config.Config, *, dataplane: DataPlaneFactory,
     admin_port = await _start_admin(admin, admin_host, admin_port)
     if config_path is not None:
         _install_reload(loop, controller, config_path)
+    checks = health.start(controller)  # in the process that owns the data plane
     try:
         await listener.start()
         admin.accepting = True
@@ -255,6 +256,7 @@ async def serve(cfg: config.Config, *, dataplane: DataPlaneFactory,
         admin.draining = True
         await listener.drain()
     finally:
+        await checks.stop()
         await admin.stop()
     log("stopped")
 
@@ -339,6 +341,7 @@ async def _worker(cfg: config.Config, version: int, index: int, total: int, port
     controller = Controller(cfg, version)
     listener = Listener(cfg, controller.snapshot, dataplane, port)
     controller.sinks.append(_assign(listener.dataplane))
+    checks = health.start(controller)  # each worker checks for its own ClusterStates
     # Later configs arrive on stdin; its EOF means an orphan, which must not keep serving.
     pipe, _ = await loop.connect_read_pipe(lambda: _SupervisorPipe(stop, controller), sys.stdin)
     await listener.start()
@@ -348,6 +351,7 @@ async def _worker(cfg: config.Config, version: int, index: int, total: int, port
     reporter = asyncio.create_task(_report_loop(controller))
     await stop.wait()
     await listener.drain()
+    await checks.stop()
     reporter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await reporter
