@@ -202,6 +202,8 @@ class ClusterState:
         self._refresh_accept()
 
     def _mark(self, marks: set[str], bit: int, address: str, on: bool) -> None:
+        if (address in marks) == on:
+            return  # unchanged (the set and the member's bit always agree)
         if on:
             marks.add(address)
         else:

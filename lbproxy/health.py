@@ -21,12 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
-from typing import final
+from typing import TYPE_CHECKING, final
 
 from lbproxy.cluster import BackendInfo, ClusterState
 from lbproxy.config import HealthCheck, parse_status_ranges
-from lbproxy.controller import Controller
-from lbproxy.snapshot import Snapshot
+
+if TYPE_CHECKING:  # snapshot.py imports resilience.py, which imports this module
+    from lbproxy.snapshot import Snapshot
 
 USER_AGENT = b"lbproxy-health-check"
 MAX_STATUS_LINE = 1024
@@ -165,11 +166,3 @@ class HealthChecker:
         for p in probes:
             with contextlib.suppress(asyncio.CancelledError):
                 await p.task
-
-
-def start(controller: Controller) -> HealthChecker:
-    """Probe the backends of `controller`'s snapshot, following every snapshot it publishes."""
-    checker = HealthChecker()
-    checker.update(controller.snapshot)
-    controller.sinks.append(checker.update)
-    return checker

@@ -32,7 +32,7 @@ from typing import Protocol
 import msgspec
 import uvloop
 
-from lbproxy import config, health
+from lbproxy import config, resilience
 from lbproxy.admin import AdminAPI
 from lbproxy.controller import Controller
 from lbproxy.snapshot import Snapshot
@@ -241,7 +241,7 @@ async def serve(cfg: config.Config, *, dataplane: DataPlaneFactory,
     admin_port = await _start_admin(admin, admin_host, admin_port)
     if config_path is not None:
         _install_reload(loop, controller, config_path)
-    checks = health.start(controller)  # in the process that owns the data plane
+    upkeep = resilience.start(controller)  # health checks run where the data plane is
     try:
         await listener.start()
         admin.accepting = True
@@ -256,7 +256,7 @@ async def serve(cfg: config.Config, *, dataplane: DataPlaneFactory,
         admin.draining = True
         await listener.drain()
     finally:
-        await checks.stop()
+        await upkeep.stop()
         await admin.stop()
     log("stopped")
 
@@ -294,7 +294,8 @@ async def _report_loop(controller: Controller) -> None:
     while True:
         view = {name: {b.address: c.state.inflight(b.address) for b in c.backends}
                 for name, c in controller.snapshot.clusters.items()}
-        line = json.dumps({"event": "inflight", "clusters": view})
+        line = json.dumps({"event": "inflight", "clusters": view,
+                           "marks": resilience.marks_view(controller.snapshot)})
         if line != last:
             _emit_line(line)
             last = line
@@ -341,7 +342,7 @@ async def _worker(cfg: config.Config, version: int, index: int, total: int, port
     controller = Controller(cfg, version)
     listener = Listener(cfg, controller.snapshot, dataplane, port)
     controller.sinks.append(_assign(listener.dataplane))
-    checks = health.start(controller)  # each worker checks for its own ClusterStates
+    upkeep = resilience.start(controller)  # each worker checks its own ClusterStates
     # Later configs arrive on stdin; its EOF means an orphan, which must not keep serving.
     pipe, _ = await loop.connect_read_pipe(lambda: _SupervisorPipe(stop, controller), sys.stdin)
     await listener.start()
@@ -351,7 +352,7 @@ async def _worker(cfg: config.Config, version: int, index: int, total: int, port
     reporter = asyncio.create_task(_report_loop(controller))
     await stop.wait()
     await listener.drain()
-    await checks.stop()
+    await upkeep.stop()
     reporter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await reporter
@@ -389,11 +390,13 @@ class _WorkerProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.ready = asyncio.Event()
         self.inflight: dict[str, dict[str, int]] = {}
+        self.marks: resilience.MarksView = {}  # its unhealthy/ejected backends
 
     async def spawn(self, cfg_line: bytes, total: int, port: int, dataplane: str) -> None:
         """Start the process and hand it the current config line."""
         self.ready.clear()
         self.inflight = {}
+        self.marks = {}
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "lbproxy.server",
             str(self.index), str(total), str(port), dataplane,
@@ -420,6 +423,7 @@ class _WorkerProcess:
                 self.ready.set()
             elif msg.get("event") == "inflight":
                 self.inflight = msg["clusters"]
+                self.marks = msg.get("marks", {})
 
 
 async def supervise(cfg: config.Config, workers: int, dataplane: str,
@@ -519,9 +523,11 @@ async def _all_ready(procs: list[_WorkerProcess]) -> None:
 
 
 async def _track_readiness(procs: list[_WorkerProcess], admin: AdminAPI) -> None:
-    # /ready is 200 only while every worker is accepting (a restarting one flips it to 503).
+    # /ready is 200 only while every worker is accepting (a restarting one flips it to 503);
+    # the workers' health and ejection marks are mirrored for /clusters on the same beat.
     while True:
         admin.accepting = all(p.ready.is_set() for p in procs)
+        resilience.mirror_marks(admin.snapshot, [p.marks for p in procs])
         await asyncio.sleep(REPORT_INTERVAL_S)
 
 

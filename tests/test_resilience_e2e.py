@@ -275,3 +275,45 @@ async def test_serve_runs_health_checks_and_clusters_shows_healthy_and_ejected()
         await asyncio.wait_for(task, 10)
         for b in (checked, other):
             await b.stop()
+
+
+async def test_under_a_supervisor_clusters_shows_the_workers_health_marks(tmp_path):
+    from ctl_support import ADMIN, LISTENING, spawn, stop, wait_for_lines
+
+    sick = await Backend(_health_responder({"on": True})).start()
+    well = await Backend(_health_responder({"on": False})).start()
+    path = tmp_path / "c.toml"
+    path.write_text(f"""
+[listener]
+bind = "127.0.0.1:0"
+[admin]
+bind = "127.0.0.1:0"
+[clusters.c]
+backends = ["{sick.address}", "{well.address}"]
+[clusters.c.health_check]
+path = "/health"
+interval = 0.05
+[[routes]]
+cluster = "c"
+""")
+    proc = await spawn("run", "-c", str(path), "--workers", "2", dataplane=None)
+    try:
+        found, seen = await wait_for_lines(proc, LISTENING, 2)
+        assert len(found) == 2, seen
+        admin, seen2 = await wait_for_lines(proc, ADMIN, 1)
+        assert admin, seen + seen2
+        url = f"http://127.0.0.1:{int(admin[0].group(2))}/clusters"
+        view: dict[str, Any] = {}
+        for _ in range(100):  # bounded: workers report every REPORT_INTERVAL_S
+            async with aiohttp.ClientSession() as s, s.get(url) as r:
+                doc = await r.json()
+            view = {b["address"]: b["healthy"] for b in doc["clusters"]["c"]["backends"]}
+            if view[sick.address] is False:
+                break
+            await asyncio.sleep(0.05)
+        assert view == {sick.address: False, well.address: True}
+    finally:
+        rc, err = await stop(proc)
+        for b in (sick, well):
+            await b.stop()
+    assert rc == 0, err
