@@ -290,8 +290,8 @@ def validate_resilience(cl: ClusterConfig, base: str) -> list[tuple[str, str]]:
     hc = cl.health_check
     if hc is not None:
         need(hc.path.startswith("/"), "health_check.path", "must start with '/'")
-        need(hc.path.isprintable() and " " not in hc.path, "health_check.path",
-             "must not contain spaces or control characters")
+        need(hc.path.isascii() and hc.path.isprintable() and " " not in hc.path,
+             "health_check.path", "must be ASCII without spaces or control characters")
         for name in ("interval", "timeout"):
             need(getattr(hc, name) > 0, f"health_check.{name}", "must be > 0 (seconds)")
         for name in ("unhealthy_threshold", "healthy_threshold"):
@@ -304,8 +304,8 @@ def validate_resilience(cl: ClusterConfig, base: str) -> list[tuple[str, str]]:
             except ValueError as exc:
                 errors.append((f"{base}.health_check.expected_statuses[{i}]", str(exc)))
         if hc.host is not None:
-            need(bool(hc.host.strip()) and hc.host.isprintable(), "health_check.host",
-                 "must be a non-empty printable host")
+            need(hc.host.isascii() and hc.host.isprintable() and bool(hc.host.strip()),
+                 "health_check.host", "must be a non-empty printable ASCII host")
     need(cl.circuit_breaker.max_requests >= 0, "circuit_breaker.max_requests",
          "must be >= 0 (0 = unlimited)")
     return errors

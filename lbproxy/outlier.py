@@ -27,7 +27,7 @@ GATEWAY_STATUSES = frozenset({502, 503, 504})
 
 def is_gateway_failure(outcome: Outcome, status: int) -> bool:
     """A failure that counts towards consecutive_gateway_failure (and consecutive_5xx)."""
-    return outcome is not Outcome.HTTP_5XX or status in GATEWAY_STATUSES
+    return outcome != Outcome.HTTP_5XX or status in GATEWAY_STATUSES
 
 
 def ejection_ns(cfg: OutlierDetection, times_ejected: int) -> int:
@@ -82,10 +82,10 @@ class OutlierDetector:
     def observe(self, backend: BackendInfo, outcome: Outcome, status: int, rtt_ns: int,
                 now_ns: int) -> None:
         """Count one outcome against the backend's streaks; eject at a threshold."""
-        if outcome is Outcome.CLIENT_ABORT:
+        if outcome == Outcome.CLIENT_ABORT:
             return  # the client left: says nothing about the backend
         rec = self.records.get(backend.address)
-        if outcome is Outcome.OK:
+        if outcome == Outcome.OK:
             if rec is not None:  # success resets both streaks (Envoy)
                 rec.consecutive_5xx = rec.consecutive_gateway = 0
             return
