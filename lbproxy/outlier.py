@@ -23,11 +23,16 @@ _NEVER = 1 << 63
 # Envoy counts these statuses as gateway failures, and maps its own connect failures,
 # resets and timeouts onto 503/504, so they count as both 5xx and gateway failures.
 GATEWAY_STATUSES = frozenset({502, 503, 504})
+# Plain ints bound once: observe() runs for every request, and an Enum attribute lookup
+# per call costs more than the comparison itself.
+_OK = int(Outcome.OK)
+_HTTP_5XX = int(Outcome.HTTP_5XX)
+_CLIENT_ABORT = int(Outcome.CLIENT_ABORT)
 
 
 def is_gateway_failure(outcome: Outcome, status: int) -> bool:
     """A failure that counts towards consecutive_gateway_failure (and consecutive_5xx)."""
-    return outcome != Outcome.HTTP_5XX or status in GATEWAY_STATUSES
+    return outcome != _HTTP_5XX or status in GATEWAY_STATUSES
 
 
 def ejection_ns(cfg: OutlierDetection, times_ejected: int) -> int:
@@ -82,10 +87,10 @@ class OutlierDetector:
     def observe(self, backend: BackendInfo, outcome: Outcome, status: int, rtt_ns: int,
                 now_ns: int) -> None:
         """Count one outcome against the backend's streaks; eject at a threshold."""
-        if outcome == Outcome.CLIENT_ABORT:
+        if outcome == _CLIENT_ABORT:
             return  # the client left: says nothing about the backend
         rec = self.records.get(backend.address)
-        if outcome == Outcome.OK:
+        if outcome == _OK:
             if rec is not None:  # success resets both streaks (Envoy)
                 rec.consecutive_5xx = rec.consecutive_gateway = 0
             return
