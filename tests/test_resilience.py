@@ -273,3 +273,17 @@ def test_lbproxy_check_reports_resilience_errors(tmp_path, capsys):
                  '[[routes]]\ncluster = "c"\n')
     assert cli.main(["check", "--config", str(p)]) == 1
     assert "clusters.c.health_check.timeout" in capsys.readouterr().err
+
+
+def test_readme_resilience_example_is_valid():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = next(b for b in re.findall(r"```toml\n(.*?)```", readme, re.S) if "health_check" in b)
+    import tomllib
+
+    data = tomllib.loads(block)
+    data["routes"] = [{"cluster": "segments"}]
+    seg = config.from_dict(data).clusters["segments"]
+    assert seg.health_check is not None and seg.circuit_breaker.max_requests == 1000
