@@ -82,7 +82,7 @@ def probe_request(hc: HealthCheck, backend: BackendInfo) -> bytes:
 
 def parse_status_line(line: bytes) -> int:
     """The status code of ``HTTP/1.x NNN ...``; ValueError otherwise."""
-    parts = line.split(b" ", 2)
+    parts = line.rstrip(b"\r\n").split(b" ", 2)  # the reason phrase may be absent
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3:
         raise ValueError(f"not an HTTP/1 status line: {line[:80]!r}")
     return int(parts[1])

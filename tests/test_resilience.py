@@ -3,6 +3,10 @@
 Every clock is an explicit nanosecond count; nothing sleeps.
 """
 
+import re
+import tomllib
+from pathlib import Path
+
 import pytest
 
 from lbproxy import config
@@ -229,6 +233,7 @@ def test_status_ranges_and_status_lines():
     assert [status_ok(s, ranges) for s in (199, 200, 399, 400, 418, 500)] == [
         False, True, True, False, True, False]
     assert parse_status_line(b"HTTP/1.1 503 Service Unavailable\r\n") == 503
+    assert parse_status_line(b"HTTP/1.1 204\r\n") == 204  # no reason phrase
     with pytest.raises(ValueError):
         parse_status_line(b"SSH-2.0-OpenSSH\r\n")
 
@@ -276,13 +281,8 @@ def test_lbproxy_check_reports_resilience_errors(tmp_path, capsys):
 
 
 def test_readme_resilience_example_is_valid():
-    import re
-    from pathlib import Path
-
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     block = next(b for b in re.findall(r"```toml\n(.*?)```", readme, re.S) if "health_check" in b)
-    import tomllib
-
     data = tomllib.loads(block)
     data["routes"] = [{"cluster": "segments"}]
     seg = config.from_dict(data).clusters["segments"]
