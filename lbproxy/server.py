@@ -7,12 +7,15 @@ socket with SO_REUSEPORT (the kernel spreads connections across them) and runnin
 `DataPlane`; the admin API stays in the supervisor.
 
 Why the supervisor, not worker 0, serves the admin API: the admin API is the controller
-(later it replaces backend sets and must push every new snapshot to every worker), it must
+(it replaces backend sets and drain marks and must push every new snapshot to every
+worker, then waits until each has applied it before answering), it must
 keep answering ``/ready`` with 503 while the workers drain, and a worker busy with traffic
 or restarting must not take the control plane with it. In-flight counts live in each
 worker's `BackendLoad`; workers report theirs every `REPORT_INTERVAL_S` over their stdout
 pipe, so under a supervisor ``/clusters`` shows the sum across workers as of their last
-reports (at most that old), not a live count.
+reports (at most that old), not a live count. Request counters and latency histograms
+travel the same way, as deltas the supervisor adds to its own (otherwise idle) counters, so
+``/stats`` and ``/metrics`` show the sum over workers, at most one report interval old.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Protocol
 import msgspec
 import uvloop
 
-from lbproxy import config, resilience
+from lbproxy import config, resilience, stats
 from lbproxy.admin import AdminAPI
 from lbproxy.controller import Controller
 from lbproxy.snapshot import Snapshot
@@ -44,6 +47,8 @@ REPORT_INTERVAL_S = 0.25
 DRAIN_GRACE_S = 5.0
 # A worker that dies after it was ready is restarted after this pause (crash-loop brake).
 RESTART_DELAY_S = 1.0
+# An admin mutation waits at most this long for every worker to apply the new snapshot.
+PROPAGATION_TIMEOUT_S = 5.0
 
 
 class DataPlaneLike(Protocol):
@@ -236,7 +241,7 @@ async def serve(cfg: config.Config, *, dataplane: DataPlaneFactory,
     admin_host, admin_port = config.parse_hostport(cfg.admin.bind)
     controller = Controller(cfg)
     listener = Listener(cfg, controller.snapshot, dataplane, port)
-    admin = AdminAPI(controller.snapshot)
+    admin = AdminAPI(controller.snapshot, controller=controller)
     controller.sinks += [_assign(listener.dataplane), _assign(admin)]
     admin_port = await _start_admin(admin, admin_host, admin_port)
     if config_path is not None:
@@ -288,8 +293,14 @@ def _install_reload(loop: asyncio.AbstractEventLoop, controller: Controller, pat
 # ---- workers (--workers N > 1) -------------------------------------------------------
 
 
-async def _report_loop(controller: Controller) -> None:
-    # Off the request path: reads BackendLoad from a timer, never from a request.
+def _report_stats(controller: Controller, deltas: stats.DeltaReporter) -> None:
+    report = deltas.collect(controller.snapshot)
+    if report:
+        _emit_line(json.dumps({"event": "stats", "clusters": report}))
+
+
+async def _report_loop(controller: Controller, deltas: stats.DeltaReporter) -> None:
+    # Off the request path: reads BackendLoad and counters from a timer, never per request.
     last = ""
     while True:
         view = {name: {b.address: c.state.inflight(b.address) for b in c.backends}
@@ -299,6 +310,7 @@ async def _report_loop(controller: Controller) -> None:
         if line != last:
             _emit_line(line)
             last = line
+        _report_stats(controller, deltas)
         await asyncio.sleep(REPORT_INTERVAL_S)
 
 
@@ -324,10 +336,13 @@ class _SupervisorPipe(asyncio.Protocol):
             line, self._buf = self._buf.split(b"\n", 1)
             try:
                 msg = json.loads(line)
-                self._controller.apply(config.from_dict(msg["config"]), msg["version"])
+                snap = self._controller.apply(config.from_dict(msg["config"]), msg["version"],
+                                              msg.get("drained", {}))
             except (ValueError, KeyError, TypeError) as exc:  # ConfigError is a ValueError
                 # The supervisor validated it, so this is a bug: be loud, keep serving.
                 log(f"worker could not apply a config line: {exc}")
+                continue
+            _emit_line(json.dumps({"event": "applied", "version": snap.version}))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._stop.is_set():
@@ -335,11 +350,11 @@ class _SupervisorPipe(asyncio.Protocol):
         self._stop.set()
 
 
-async def _worker(cfg: config.Config, version: int, index: int, total: int, port: int,
-                  dataplane: DataPlaneFactory) -> None:
+async def _worker(cfg: config.Config, version: int, drained: dict[str, list[str]], index: int,
+                  total: int, port: int, dataplane: DataPlaneFactory) -> None:
     loop = asyncio.get_running_loop()
     stop = _install_stop(loop)
-    controller = Controller(cfg, version)
+    controller = Controller(cfg, version, drained)
     listener = Listener(cfg, controller.snapshot, dataplane, port)
     controller.sinks.append(_assign(listener.dataplane))
     upkeep = resilience.start(controller)  # each worker checks its own ClusterStates
@@ -348,22 +363,25 @@ async def _worker(cfg: config.Config, version: int, index: int, total: int, port
     await listener.start()
     host, _ = config.parse_hostport(cfg.listener.bind)
     log(_listening(cfg, host, listener.port, index, total))
-    _emit_line(json.dumps({"event": "ready", "worker": index}))
-    reporter = asyncio.create_task(_report_loop(controller))
+    _emit_line(json.dumps({"event": "ready", "worker": index, "version": version}))
+    deltas = stats.DeltaReporter()
+    reporter = asyncio.create_task(_report_loop(controller, deltas))
     await stop.wait()
     await listener.drain()
     await upkeep.stop()
     reporter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await reporter
+    _report_stats(controller, deltas)  # what the drain finished counts too
     pipe.close()
 
 
 def worker_main(argv: list[str]) -> int:
     """Entry of one worker process: ``python -m lbproxy.server INDEX TOTAL PORT DATAPLANE``.
 
-    The supervisor writes ``{"version": N, "config": {...}}`` lines on stdin (validated
-    there): the first one to start with, each later one to replace the snapshot.
+    The supervisor writes ``{"version": N, "config": {...}, "drained": {...}}`` lines on
+    stdin (validated there): the first one to start with, each later one to replace the
+    snapshot; the worker answers each later one with ``{"event": "applied", "version": N}``.
     """
     index, total, port, dataplane_name = int(argv[0]), int(argv[1]), int(argv[2]), argv[3]
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reload is the supervisor's to do
@@ -375,7 +393,8 @@ def worker_main(argv: list[str]) -> int:
     try:
         dataplane = load_dataplane(dataplane_name)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(_worker(cfg, first["version"], index, total, port, dataplane))
+            runner.run(_worker(cfg, first["version"], first.get("drained", {}), index, total,
+                               port, dataplane))
     except StartupError as exc:
         log(f"worker {index}/{total}: {exc}")
         return 1
@@ -383,27 +402,34 @@ def worker_main(argv: list[str]) -> int:
 
 
 class _WorkerProcess:
-    """The supervisor's handle on one worker: its process and its last in-flight report."""
+    """The supervisor's handle on one worker: its process and its last reports."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int,
+                 on_stats: Callable[[dict[str, dict[str, object]]], None]) -> None:
         self.index = index
         self.proc: asyncio.subprocess.Process | None = None
         self.ready = asyncio.Event()
         self.inflight: dict[str, dict[str, int]] = {}
         self.marks: resilience.MarksView = {}  # its unhealthy/ejected backends
+        self.version = 0  # the snapshot version it last said it applied
+        self._on_stats = on_stats
 
-    async def spawn(self, cfg_line: bytes, total: int, port: int, dataplane: str) -> None:
-        """Start the process and hand it the current config line."""
+    async def spawn(self, cfg_line: Callable[[], bytes], total: int, port: int,
+                    dataplane: str) -> None:
+        """Start the process and hand it the config line in force once it exists."""
         self.ready.clear()
         self.inflight = {}
         self.marks = {}
+        self.version = 0
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "lbproxy.server",
             str(self.index), str(total), str(port), dataplane,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )
         assert self.proc.stdin is not None
-        self.proc.stdin.write(cfg_line)
+        # Read after the await above: a broadcast during it skipped this process, so it
+        # must start from the newest line, not the one in force when spawn() was called.
+        self.proc.stdin.write(cfg_line())
         await self.proc.stdin.drain()
 
     def send(self, line: bytes) -> None:
@@ -419,11 +445,17 @@ class _WorkerProcess:
                 msg = json.loads(raw)
             except ValueError:
                 continue
-            if msg.get("event") == "ready":
+            event = msg.get("event")
+            if event == "ready":
+                self.version = msg.get("version", 0)
                 self.ready.set()
-            elif msg.get("event") == "inflight":
+            elif event == "applied":
+                self.version = msg["version"]
+            elif event == "inflight":
                 self.inflight = msg["clusters"]
                 self.marks = msg.get("marks", {})
+            elif event == "stats":
+                self._on_stats(msg["clusters"])
 
 
 async def supervise(cfg: config.Config, workers: int, dataplane: str,
@@ -435,14 +467,25 @@ async def supervise(cfg: config.Config, workers: int, dataplane: str,
     host, port = config.parse_hostport(cfg.listener.bind)
     port = probe_port(host, port)  # also fixes port 0 to one port that every worker shares
     admin_host, admin_port = config.parse_hostport(cfg.admin.bind)
-    procs = [_WorkerProcess(i + 1) for i in range(workers)]
+    # The supervisor's own snapshot only describes the config (its loads stay idle); its
+    # counters hold the sum of the workers' reported deltas.
+    controller = Controller(cfg)
+    procs = [_WorkerProcess(i + 1, lambda r: stats.add_deltas(controller.states, r))
+             for i in range(workers)]
 
     def inflight(cluster: str, address: str) -> int:
         return sum(p.inflight.get(cluster, {}).get(address, 0) for p in procs)
 
-    # The supervisor's own snapshot only describes the config (its loads stay idle).
-    controller = Controller(cfg)
-    admin = AdminAPI(controller.snapshot, inflight)
+    async def propagated(version: int) -> None:
+        # A worker that is not ready (restarting) is skipped: it starts from the newest line.
+        end = loop.time() + PROPAGATION_TIMEOUT_S
+        while loop.time() < end and any(
+                p.ready.is_set() and p.proc is not None and p.proc.returncode is None
+                and p.version < version for p in procs):
+            await asyncio.sleep(0.005)
+
+    admin = AdminAPI(controller.snapshot, inflight, controller=controller,
+                     propagation=propagated)
     cfg_line = _config_line(controller.snapshot)
 
     def broadcast(snapshot: Snapshot) -> None:
@@ -461,7 +504,7 @@ async def supervise(cfg: config.Config, workers: int, dataplane: str,
     async def keep(p: _WorkerProcess) -> None:
         nonlocal status
         while not draining:  # a worker due for restart when the drain begins stays down
-            await p.spawn(cfg_line, workers, port, dataplane)
+            await p.spawn(lambda: cfg_line, workers, port, dataplane)
             assert p.proc is not None
             await p.read_reports()
             rc = await p.proc.wait()
@@ -513,7 +556,9 @@ async def supervise(cfg: config.Config, workers: int, dataplane: str,
 
 
 def _config_line(snapshot: Snapshot) -> bytes:
-    body = {"version": snapshot.version, "config": msgspec.to_builtins(snapshot.config)}
+    # Drain marks travel with the config: a worker's snapshot carries both, like ours.
+    body = {"version": snapshot.version, "config": msgspec.to_builtins(snapshot.config),
+            "drained": {name: sorted(a) for name, a in snapshot.drained.items()}}
     return json.dumps(body).encode() + b"\n"
 
 

@@ -151,7 +151,12 @@ class UpstreamConnection(HeadCollector, asyncio.Protocol):
         except httptools.HttpParserError:
             if out:
                 self._flush()
-            if self.client is not None:  # not already handled inside a callback
+            if self._done and self.client is not None:
+                # Junk after a complete response (RFC 9112 §9.3.2): the response stands,
+                # the connection is out of step and is dropped.
+                self._reusable = False
+                self._complete()
+            elif self.client is not None:  # not already handled inside a callback
                 self._fail_malformed()
             return
         if out:
