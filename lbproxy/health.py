@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, final
 
@@ -29,6 +30,7 @@ from lbproxy.config import HealthCheck, parse_status_ranges
 if TYPE_CHECKING:  # snapshot.py imports resilience.py, which imports this module
     from lbproxy.snapshot import Snapshot
 
+log = logging.getLogger("lbproxy.health")
 USER_AGENT = b"lbproxy-health-check"
 MAX_STATUS_LINE = 1024
 
@@ -115,10 +117,13 @@ async def check_forever(hc: HealthCheck, state: ClusterState, backend: BackendIn
     counter = RiseFall(hc.healthy_threshold, hc.unhealthy_threshold,
                        healthy=not state.is_unhealthy(backend.address))
     while True:
-        passed = status_ok(await probe(hc, backend), ranges)
-        verdict = counter.record(passed)
+        status = await probe(hc, backend)
+        verdict = counter.record(status_ok(status, ranges))
         if verdict is not None:
             state.set_unhealthy(backend.address, not verdict)
+            log.warning("cluster %s: %s is %s (health check %s: %s)", state.name,
+                        backend.address, "healthy" if verdict else "unhealthy", hc.path,
+                        status or "no answer")
         await asyncio.sleep(hc.interval)
 
 

@@ -13,11 +13,13 @@ Marks reach selection only through `ClusterState.set_ejected`; must not touch HT
 
 from __future__ import annotations
 
+import logging
 from typing import final
 
 from lbproxy.cluster import BackendInfo, Cluster, ClusterState, Outcome, Refusal
 from lbproxy.config import OutlierDetection
 
+log = logging.getLogger("lbproxy.outlier")
 NS = 1_000_000_000
 _NEVER = 1 << 63
 # Envoy counts these statuses as gateway failures, and maps its own connect failures,
@@ -104,17 +106,22 @@ class OutlierDetector:
         cfg = self.cfg
         if (rec.consecutive_5xx >= cfg.consecutive_5xx
                 or rec.consecutive_gateway >= cfg.consecutive_gateway_failure):
+            reason = (f"{rec.consecutive_gateway} consecutive gateway failures"
+                      if rec.consecutive_gateway >= cfg.consecutive_gateway_failure
+                      else f"{rec.consecutive_5xx} consecutive 5xx")
             # Streaks restart whether or not the ejection is allowed, as in Envoy: the next
             # attempt needs a fresh run of failures.
             rec.consecutive_5xx = rec.consecutive_gateway = 0
             if not rec.ejected_until_ns:  # late leases of an ejected host change nothing
-                self._eject(backend.address, rec, now_ns)
+                self._eject(backend.address, rec, now_ns, reason)
 
-    def _eject(self, address: str, rec: HostRecord, now_ns: int) -> None:
+    def _eject(self, address: str, rec: HostRecord, now_ns: int, reason: str) -> None:
         state = self.state
         if address not in state.slots:
             return  # removed since the lease began
         if not may_eject(state.ejected_count, len(state.slots), self.cfg.max_ejection_percent):
+            log.info("cluster %s: %s not ejected after %s: max_ejection_percent reached",
+                     state.name, address, reason)
             return
         # Envoy lowers the multiplier by one per interval a host stays in service; computed
         # here, when it matters, instead of by a timer.
@@ -124,6 +131,8 @@ class OutlierDetector:
         rec.ejected_until_ns = now_ns + ejection_ns(self.cfg, rec.times_ejected)
         self._next_return_ns = min(self._next_return_ns, rec.ejected_until_ns)
         state.set_ejected(address, True)
+        log.warning("cluster %s: %s ejected for %gs after %s (ejection %d)", state.name, address,
+                    (rec.ejected_until_ns - now_ns) / NS, reason, rec.times_ejected)
 
     def sweep(self, now_ns: int) -> None:
         """Return every ejection that expired by `now_ns`; forget backends that left."""
@@ -138,6 +147,7 @@ class OutlierDetector:
                     rec.ejected_until_ns = 0
                     rec.returned_ns = now_ns
                     self.state.set_ejected(address, False)
+                    log.warning("cluster %s: %s returned from ejection", self.state.name, address)
                 else:
                     next_return = min(next_return, rec.ejected_until_ns)
         self._next_return_ns = next_return

@@ -51,12 +51,13 @@ def test_outlier_detection_is_on_with_no_configuration():
     assert cluster.state.panic_threshold == 50.0
 
 
-def test_five_consecutive_5xx_eject_and_the_backend_returns_after_base_time():
+def test_five_consecutive_5xx_eject_and_the_backend_returns_after_base_time(caplog):
     cluster = _snap().clusters["c"]
     _fail(cluster, BAD, 4, 0)
     assert not cluster.state.is_ejected(BAD)
     _fail(cluster, BAD, 1, 0)
     assert cluster.state.is_ejected(BAD) and not cluster.state.is_healthy(BAD)
+    assert f"cluster c: {BAD} ejected for 30s after 5 consecutive 5xx" in caplog.text
     assert BAD not in _picks(cluster, 30, 1 * S)
     assert BAD not in _picks(cluster, 30, 30 * S - 1)  # base_ejection_time 30 s
     assert BAD in _picks(cluster, 30, 30 * S)  # returned lazily by begin()
