@@ -288,3 +288,17 @@ def test_readme_resilience_example_is_valid():
     data["routes"] = [{"cluster": "segments"}]
     seg = config.from_dict(data).clusters["segments"]
     assert seg.health_check is not None and seg.circuit_breaker.max_requests == 1000
+
+
+@pytest.mark.parametrize("policy", ["maglev", "p2c", "round_robin"])
+def test_every_policy_avoids_an_ejected_backend_and_uses_all_in_panic(policy):
+    cluster = _snap({"policy": policy, "table_size": 101,
+                     "outlier_detection": {"max_ejection_percent": 100}}).clusters["c"]
+    _fail(cluster, BAD, 5, 0)
+    assert set(_picks(cluster, 60, 1)) == set(THREE[1:])
+    _fail(cluster, THREE[1], 5, 0)
+    state = cluster.state
+    assert state.panicking
+    assert all(state.load.accepts(state.slots[a]) for a in THREE)
+    if policy != "p2c":  # P2C still prefers the cheaper backends, as it should
+        assert set(_picks(cluster, 60, 1)) == set(THREE)
