@@ -112,7 +112,9 @@ class OutlierDetector:
             # Streaks restart whether or not the ejection is allowed, as in Envoy: the next
             # attempt needs a fresh run of failures.
             rec.consecutive_5xx = rec.consecutive_gateway = 0
-            if not rec.ejected_until_ns:  # late leases of an ejected host change nothing
+            # Late leases of an ejected host change nothing. Asked of the state, not the
+            # record: a backend removed and re-added since its ejection starts in service.
+            if not self.state.is_ejected(backend.address):
                 self._eject(backend.address, rec, now_ns, reason)
 
     def _eject(self, address: str, rec: HostRecord, now_ns: int, reason: str) -> None:

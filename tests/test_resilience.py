@@ -302,3 +302,16 @@ def test_every_policy_avoids_an_ejected_backend_and_uses_all_in_panic(policy):
     assert all(state.load.accepts(state.slots[a]) for a in THREE)
     if policy != "p2c":  # P2C still prefers the cheaper backends, as it should
         assert set(_picks(cluster, 60, 1)) == set(THREE)
+
+
+def test_a_backend_removed_and_readded_while_ejected_can_be_ejected_again():
+    states: dict = {}
+    cluster = _snap(states=states).clusters["c"]
+    _fail(cluster, BAD, 5, 0)
+    _snap(states=states, version=2, backends=THREE[1:])
+    cluster = _snap(states=states, version=3).clusters["c"]
+    assert not cluster.state.is_ejected(BAD)  # re-added: in service
+    _fail(cluster, BAD, 5, 1 * S)
+    assert cluster.state.is_ejected(BAD)
+    _picks(cluster, 1, 2 * S)  # the first ejection's time is over, this one's is not
+    assert cluster.state.is_ejected(BAD)
