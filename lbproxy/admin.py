@@ -187,7 +187,8 @@ class AdminAPI:
             "weight": b.weight,
             "zone": b.zone,
             "state": cluster.state.state_of(b.address),
-            "healthy": True,  # until active health checks exist
+            "healthy": cluster.state.is_healthy(b.address),  # health check and ejection
+            "ejected": cluster.state.is_ejected(b.address),
             "inflight": self.inflight(cluster.name, b.address),
         }
 
