@@ -72,6 +72,12 @@ class LbproxyCollector(Collector):
         drained = GaugeMetricFamily(
             "lbproxy_backend_drained", "1 if an operator drained the backend.",
             labels=["cluster", "backend"])
+        healthy = GaugeMetricFamily(
+            "lbproxy_backend_healthy", "1 unless failing its health check or ejected.",
+            labels=["cluster", "backend"])
+        ejected = GaugeMetricFamily(
+            "lbproxy_backend_ejected", "1 while outlier detection ejects the backend.",
+            labels=["cluster", "backend"])
         duration = HistogramMetricFamily(
             "lbproxy_request_duration_seconds",
             "Backend request latency, lease start to end (octave buckets, exact).",
@@ -88,6 +94,8 @@ class LbproxyCollector(Collector):
                 inflight.add_metric(labels, src.inflight(name, b.address))
                 weight.add_metric(labels, b.weight)
                 drained.add_metric(labels, 1 if state.state_of(b.address) == "drain" else 0)
+                healthy.add_metric(labels, 1 if state.is_healthy(b.address) else 0)
+                ejected.add_metric(labels, 1 if state.is_ejected(b.address) else 0)
                 buckets: list[tuple[str, float]] = [
                     (repr(le), n) for le, n in latency.cumulative_octaves(c.latency)]
                 buckets.append(("+Inf", sum(c.latency)))
@@ -97,6 +105,8 @@ class LbproxyCollector(Collector):
         yield inflight
         yield weight
         yield drained
+        yield healthy
+        yield ejected
         yield duration
         yield GaugeMetricFamily("lbproxy_config_version", "Version of the snapshot in force.",
                                 value=snap.version)

@@ -70,6 +70,8 @@ async def test_metrics_is_prometheus_text_with_the_same_counts(after_traffic):
                  outcome="connect_failed") == 1
     assert value("lbproxy_backend_inflight", cluster="segments", backend=b) == 0
     assert value("lbproxy_backend_drained", cluster="segments", backend=b) == 0
+    assert value("lbproxy_backend_healthy", cluster="segments", backend=b) == 1
+    assert value("lbproxy_backend_ejected", cluster="segments", backend=b) == 0
     assert families["lbproxy_request_duration_seconds"].type == "histogram"
     assert value("lbproxy_request_duration_seconds_count", cluster="segments", backend=a) == 4
     assert value("lbproxy_request_duration_seconds_bucket", cluster="segments", backend=a,
