@@ -14,6 +14,7 @@ from collections.abc import Sequence
 # iteration count in int64 during the Maglev build (iteration <= table size).
 MAX_TABLE_SIZE = 1 << 24
 MAX_WEIGHT = (1 << 31) - 1
+MAX_BALANCE_FACTOR = 1000.0
 
 
 def is_prime(n: int) -> bool:
@@ -77,9 +78,7 @@ def check_table_size(table_size: int, n_backends: int) -> None:
     if not is_prime(table_size):
         raise ValueError(f"table_size must be prime, got {table_size}")
     if table_size < n_backends:
-        raise ValueError(
-            f"table_size {table_size} is smaller than the backend count {n_backends}"
-        )
+        raise ValueError(f"table_size {table_size} is smaller than the backend count {n_backends}")
 
 
 def check_balance_factor(balance_factor: float) -> float:
@@ -87,8 +86,13 @@ def check_balance_factor(balance_factor: float) -> float:
     if isinstance(balance_factor, bool) or not isinstance(balance_factor, int | float):
         raise ValueError(f"balance_factor must be a number, got {balance_factor!r}")
     c = float(balance_factor)
-    if not math.isfinite(c) or c < 1.0:
-        raise ValueError(f"balance_factor must be a finite number >= 1, got {balance_factor!r}")
+    # Above MAX_BALANCE_FACTOR the cap means nothing (HAProxy's percentage stops at 655.35)
+    # and the native core's int64 cap could overflow.
+    if not math.isfinite(c) or not 1.0 <= c <= MAX_BALANCE_FACTOR:
+        raise ValueError(
+            f"balance_factor must be a number from 1 to {MAX_BALANCE_FACTOR:g}, "
+            f"got {balance_factor!r}"
+        )
     return c
 
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httptools
-import pytest
 import uvloop
 
 from lbproxy import config
@@ -24,19 +24,33 @@ from lbproxy.snapshot import build_snapshot
 BLOCK = bytes(range(256)) * 256  # 64 KiB deterministic pattern
 
 
-@pytest.fixture(scope="module")
-def event_loop_policy() -> uvloop.EventLoopPolicy:
-    """Every data-plane test runs on uvloop, as production does."""
-    return uvloop.EventLoopPolicy()
+def on_uvloop(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """Run an async test on a fresh uvloop loop (as production does), bounded in time."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> None:
+        async def bounded() -> None:
+            loop = asyncio.get_running_loop()
+            assert isinstance(loop, uvloop.Loop)
+            await asyncio.wait_for(fn(*args, **kwargs), TEST_TIMEOUT)
+
+        uvloop.run(bounded())
+
+    return run
 
 
-def pattern(size: int, block: int = len(BLOCK)) -> Iterator[bytes]:
-    """`size` bytes of the deterministic pattern, in pieces of at most `block` bytes."""
-    left = size
-    while left > 0:
-        n = min(left, block, len(BLOCK))
-        yield BLOCK[:n]
-        left -= n
+TEST_TIMEOUT = 120.0
+
+
+def pattern(size: int, block: int = 65536) -> Iterator[bytes]:
+    """`size` bytes of the repeating 0..255 pattern, in pieces of at most `block` bytes."""
+    off = 0
+    step = min(block, len(BLOCK) - 256)
+    while off < size:
+        n = min(size - off, step)
+        start = off % 256
+        yield BLOCK[start : start + n]
+        off += n
 
 
 def pattern_sha(size: int) -> str:
@@ -296,14 +310,23 @@ class Response:
 
 
 class _RespParser:
+    """Collects consecutive responses on one connection (1xx go to `interim`)."""
+
     def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.ready: list[Response] = []
+        self.interim: list[int] = []
+        self._begin()
+
+    def _begin(self) -> None:
         self.headers: list[tuple[bytes, bytes]] = []
         self.sha = hashlib.sha256()
         self.n = 0
         self.small = bytearray()
-        self.complete = False
         self.head_done = False
-        self.interim: list[int] = []
+
+    def on_message_begin(self) -> None:
+        self._begin()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self.head_done:
@@ -319,7 +342,16 @@ class _RespParser:
             self.small += data
 
     def on_message_complete(self) -> None:
-        self.complete = True
+        status = self.parser.get_status_code()
+        if status < 200:
+            self.interim.append(status)
+            return
+        self.ready.append(self.current(True))
+
+    def current(self, complete: bool) -> Response:
+        status = self.parser.get_status_code() if self.head_done else 0
+        return Response(status, self.headers, self.n, self.sha.hexdigest(), bytes(self.small),
+                        complete)
 
 
 class Client:
@@ -329,7 +361,12 @@ class Client:
         self.reader = reader
         self.writer = writer
         self.buffer = b""
-        self.interim: list[int] = []
+        self._state = _RespParser()
+
+    @property
+    def interim(self) -> list[int]:
+        """Status codes of the 1xx responses seen so far."""
+        return self._state.interim
 
     @classmethod
     async def connect(cls, port: int) -> Client:
@@ -352,36 +389,25 @@ class Client:
         await self.writer.drain()
 
     async def response(self, head_request: bool = False, timeout: float = 10) -> Response:
-        """Read one final response (1xx are recorded in `interim`); EOF ends it incomplete."""
+        """Read one final response; EOF first returns it marked incomplete."""
+        state = self._state
+
         async def read() -> Response:
-            while True:
-                state = _RespParser()
-                parser = httptools.HttpResponseParser(state)
-                data = self.buffer
+            while not state.ready:
+                if head_request and state.head_done:
+                    # the parser cannot know the request was HEAD: take the head, reset
+                    resp = state.current(True)
+                    self._state = _RespParser()
+                    self._state.interim.extend(state.interim)
+                    return resp
+                data = self.buffer or await self.reader.read(1 << 20)
                 self.buffer = b""
-                while True:
-                    if data:
-                        if head_request:
-                            with contextlib.suppress(httptools.HttpParserError):
-                                parser.feed_data(data)
-                            if state.head_done:
-                                state.complete = True
-                        else:
-                            with contextlib.suppress(httptools.HttpParserUpgrade):
-                                parser.feed_data(data)
-                    if state.complete or (head_request and state.head_done):
-                        break
-                    data = await self.reader.read(1 << 20)
-                    if not data:
-                        break
-                status = parser.get_status_code() if state.head_done else 0
-                if 100 <= status < 200:
-                    self.interim.append(status)
-                    # bytes after the interim head were consumed by the parser; re-parse
-                    # is not needed because the proxy sends 100 alone in its own write
-                    continue
-                return Response(status, state.headers, state.n, state.sha.hexdigest(),
-                                bytes(state.small), state.complete)
+                if not data:
+                    return state.current(False)
+                with contextlib.suppress(httptools.HttpParserUpgrade):
+                    state.parser.feed_data(data)
+            return state.ready.pop(0)
+
         return await asyncio.wait_for(read(), timeout)
 
     async def read_all(self, timeout: float = 5) -> bytes:

@@ -235,14 +235,16 @@ class ClientConnection(asyncio.Protocol):
             self._parse_failed(errors.HEADERS_TOO_LARGE)
 
     def eof_received(self) -> bool:
-        """The client half-closed: finish answering what was asked, then close."""
+        """The client half-closed: answer a complete request, abandon an incomplete one."""
         self._no_more = True
-        if self._active is None:
-            if self._in_head or self._parsing is not None:
-                pass  # an incomplete request: nothing to answer
-            self._close()
-            return True
-        return True  # keep our side open to send the response
+        ex = self._active
+        if ex is not None and ex.body_done and self._parsing is None and not self._in_head:
+            return True  # keep our side open to send the response (RFC 9112 §9.6)
+        if ex is not None:
+            # EOF mid-request: the upstream exchange must not look complete.
+            self._abandon(ex, Outcome.CLIENT_ABORT)
+        self._close()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The client went away: abandon the exchange in progress (never reused upstream)."""
@@ -508,11 +510,12 @@ class ClientConnection(asyncio.Protocol):
         """The response was fully relayed: account it, then serve the next request."""
         self._end_lease(ex, Outcome.HTTP_5XX if ex.status >= 500 else Outcome.OK)
         self._finish(ex)
-        if not ex.keep_alive or not ex.body_done:
-            # Connection: close was sent (or the body was never read to its end).
-            self._close()
-            return
-        self._next()
+        if self._pending_error is not None:
+            self._send_error(self._pending_error)  # a later pipelined request was bad
+        elif not ex.keep_alive or not ex.body_done:
+            self._close()  # Connection: close was sent (or the body was not read to its end)
+        else:
+            self._next()
 
     def upstream_failed(
         self, ex: Exchange, conn: UpstreamConnection, malformed: bool = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
 
 import pytest
@@ -27,6 +28,17 @@ XXH64_VECTORS = [
     (SANITY[:14], 0, 0x8282DCC4994E35C8),
     (SANITY[:222], 0, 0xB641AE8CB691C174),
 ]
+
+
+def test_native_module_loaded() -> None:
+    """The compiled core must load unless the twin was asked for (yarl's check)."""
+    from lbproxy import selectors
+
+    if os.environ.get("LBPROXY_NO_EXTENSIONS"):
+        assert not selectors.NATIVE
+        pytest.skip("LBPROXY_NO_EXTENSIONS is set")
+    assert selectors.NATIVE, "lbproxy._selectors_c did not load; run `make build`"
+    assert selectors.MaglevSelector.__module__ == "lbproxy._selectors_c"
 
 
 @pytest.mark.parametrize(("data", "seed", "expected"), XXH64_VECTORS)
@@ -202,8 +214,22 @@ def test_bad_table_size_raises_at_build(impl: ModuleType, table_size: int, messa
 def test_bad_bounded_load_raises_at_build(impl: ModuleType) -> None:
     load = impl.BackendLoad(3)
     maglev = impl.MaglevSelector([0, 1, 2], ADDRS, [1, 1, 1], load, table_size=13)
-    for c in (0.5, 0.0, -1.0, float("nan"), float("inf")):
+    for c in (0.5, 0.0, -1.0, float("nan"), float("inf"), 1e300, True, "2"):
         with pytest.raises(ValueError, match="balance_factor"):
             impl.BoundedLoadSelector(maglev, load, balance_factor=c)
     with pytest.raises(ValueError, match="BackendLoad"):
         impl.BoundedLoadSelector(maglev, impl.BackendLoad(3))
+
+
+def test_native_selectors_refuse_a_second_init(native_impl: ModuleType) -> None:
+    load = native_impl.BackendLoad(3)
+    maglev = native_impl.MaglevSelector([0, 1], ADDRS[:2], [1, 1], load, table_size=7)
+    with pytest.raises(ValueError, match="immutable"):
+        maglev.__init__([0], ADDRS[:1], [1], load, 7)
+    bounded = native_impl.BoundedLoadSelector(maglev, load)
+    with pytest.raises(ValueError, match="immutable"):
+        bounded.__init__(maglev, load)
+    for cls in (native_impl.P2CSelector, native_impl.RoundRobinSelector):
+        sel = cls([0, 1], ADDRS[:2], [1, 1], load)
+        with pytest.raises(ValueError, match="immutable"):
+            sel.__init__([0], ADDRS[:1], [1], load)
