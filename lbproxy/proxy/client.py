@@ -484,22 +484,10 @@ class ClientConnection(asyncio.Protocol):
             and self._pending_error is None
         )
 
-    def send_response_head(self, head: bytes) -> None:
-        """Write the rewritten response head to the client."""
+    def response_started(self) -> None:
+        """The response head is on its way: the backend is now on the idle clock."""
         self.up_deadline = self._loop.time() + self._snap.timeouts.upstream_idle
         self.up_kind = U_IDLE
-        assert self.transport is not None
-        self.transport.write(head)
-
-    def send_body(self, data: bytes) -> None:
-        """Write response body bytes to the client."""
-        assert self.transport is not None
-        self.transport.write(data)
-
-    def send_body_parts(self, parts: tuple[bytes, bytes, bytes]) -> None:
-        """Write one framed chunk (size line, data, CRLF) to the client."""
-        assert self.transport is not None
-        self.transport.writelines(parts)
 
     def up_touch(self) -> None:
         """A byte arrived from the backend: restart the upstream idle clock."""

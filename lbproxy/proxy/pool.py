@@ -47,6 +47,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_headers",
         "_in_head",
         "_interim",
+        "_out",
         "_parser",
         "_reusable",
         "client",
@@ -73,6 +74,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._done = False
         self._reusable = False
         self._chunked_out = False
+        # Bytes for the client produced while parsing one read: written with one writev,
+        # so a small response (head + body in one segment) costs one send().
+        self._out: list[bytes] = []
         self.ex: Exchange | None = None
         self.client: ClientConnection | None = None
         self.framing_in = 0
@@ -130,14 +134,30 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.got_bytes = True
         client.up_touch()
+        out = self._out
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError:
+            if out:
+                self._flush()
             if self.client is not None:  # not already handled inside a callback
                 self._fail_malformed()
             return
+        if out:
+            self._flush()
         if self._done:
             self._complete()
+
+    def _flush(self) -> None:
+        """Write what parsing produced for the client in one call."""
+        out = self._out
+        client = self.client
+        if client is not None and client.transport is not None:
+            if len(out) == 1:
+                client.transport.write(out[0])
+            else:
+                client.transport.writelines(out)
+        out.clear()
 
     def eof_received(self) -> bool:
         """Half-close from the backend ends a close-delimited body; close our side too."""
@@ -214,7 +234,8 @@ class UpstreamConnection(asyncio.Protocol):
         ex.status = status
         ex.keep_alive = keep_alive
         self.started = True
-        client.send_response_head(head)
+        client.response_started()
+        self._out.append(head)
         if ex.head_request:
             # llhttp is not told the request was HEAD, so it would wait for a body that
             # never comes (RFC 9110 §9.3.2): the response ends here; use a fresh parser next.
@@ -223,13 +244,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_body(self, data: bytes) -> None:
         """Relay one piece of the response body, re-framed for the client."""
-        client = self.client
-        if client is None or self._done:
+        if self.client is None or self._done:
             return
         if self._chunked_out:
-            client.send_body_parts((b"%x\r\n" % len(data), data, CRLF))
+            self._out += (b"%x\r\n" % len(data), data, CRLF)
         else:
-            client.send_body(data)
+            self._out.append(data)
 
     def on_message_complete(self) -> None:
         """The response (or an interim 1xx) is complete."""
@@ -248,7 +268,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.client = None
         assert ex is not None and client is not None
         if self._chunked_out:
-            client.send_body(CHUNK_END)
+            self._out.append(CHUNK_END)
+        if self._out:
+            self.client = client
+            self._flush()
+            self.client = None
         if self._reusable and self.request_sent and not self.closed:
             self.pool.release(self)
         else:
