@@ -66,11 +66,17 @@ K_IDLE = 1  # keep-alive connection with no request: close silently
 K_HEAD = 2  # request head incomplete: 408
 K_BODY = 3  # no request body byte for too long: 408
 K_STALL = 4  # the client stopped reading our response: close
+K_LINGER = 5  # an error was sent and our side half-closed: now close for good
 # What the upstream-side deadline means when it passes.
 U_NONE = 0
 U_CONNECT = 1  # connecting (or waiting for a pooled connection): 504
 U_HEADERS = 2  # request sent, no response head: 504
 U_IDLE = 3  # no byte from the backend for too long: 504, or abort mid-body
+
+# How long to keep discarding what a client still sends after an error response. Closing
+# with unread input makes the kernel send RST, which can destroy the error response before
+# the client reads it (RFC 9112 §9.6: half-close first, then close; nginx lingering_close).
+LINGER_S = 2.0
 
 _INF = math.inf
 _now_ns = time.monotonic_ns
@@ -236,6 +242,8 @@ class ClientConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         """The client half-closed: answer a complete request, abandon an incomplete one."""
+        if self._closing:
+            return False  # nothing more to send: let the transport close
         self._no_more = True
         ex = self._active
         if ex is not None and ex.body_done and self._parsing is None and not self._in_head:
@@ -628,12 +636,23 @@ class ClientConnection(asyncio.Protocol):
         self._send_error(err)
 
     def _send_error(self, err: ProxyError) -> None:
-        """Write a (Connection: close) error response and close once it is flushed."""
+        """Write a (Connection: close) error response, half-close, and linger."""
         if self._closing:
             return
-        assert self.transport is not None
-        self.transport.write(err.wire)
-        self._close()
+        transport = self.transport
+        assert transport is not None
+        transport.write(err.wire)
+        if not transport.can_write_eof():
+            self._close()
+            return
+        # Send FIN after the response but keep reading (and discarding) for a while, so a
+        # client still sending its request gets the error, not a reset.
+        self._closing = True
+        self.up_deadline = _INF
+        transport.write_eof()
+        transport.resume_reading()
+        self.deadline = self._loop.time() + LINGER_S
+        self.deadline_kind = K_LINGER
 
     def _parse_failed(self, err: ProxyError) -> None:
         """The request stream is broken at this point: nothing after it is parsed."""
@@ -706,7 +725,10 @@ class ClientConnection(asyncio.Protocol):
         kind = self.deadline_kind
         self.deadline = _INF
         self.deadline_kind = K_NONE
-        if kind in (K_IDLE, K_STALL):
+        if kind == K_LINGER:
+            if self.transport is not None:
+                self.transport.close()
+        elif kind in (K_IDLE, K_STALL):
             if kind == K_STALL and self._active is not None:
                 self._abandon(self._active, Outcome.CLIENT_ABORT)
             self._close()
