@@ -170,6 +170,7 @@ class ClientConnection(asyncio.Protocol):
         self._header_bytes = 0
         self._in_head = False
         self._head_raw = 0
+        self._begun = 0  # requests begun during the current data_received
         self._head_limit = 0
         self._parsing: Exchange | None = None  # the request whose body is being parsed
         self._active: Exchange | None = None  # the request being answered
@@ -207,8 +208,12 @@ class ClientConnection(asyncio.Protocol):
         """Feed the request parser (all the work happens in its callbacks)."""
         if self._closing:
             return
-        if self._in_head:
+        was_in_head = self._in_head
+        if was_in_head:
             self._head_raw += len(data)
+        # Between requests, a request that begins in this segment begins at its first byte.
+        at_boundary = not was_in_head and self._parsing is None
+        self._begun = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -235,6 +240,10 @@ class ClientConnection(asyncio.Protocol):
                 )
             self._parse_failed(err)
             return
+        if self._in_head and not was_in_head and at_boundary and self._begun == 1:
+            # The head started here and is still open: all of `data` is head (without
+            # this, one oversized first segment would wait for the 408, not get its 431).
+            self._head_raw = len(data)
         if self._in_head and self._head_raw > self._head_limit:
             # One header line (or the head) keeps growing past every limit: 431 without
             # waiting for its end (httptools buffers a field until it is complete).
@@ -302,6 +311,7 @@ class ClientConnection(asyncio.Protocol):
         self._header_bytes = 0
         self._in_head = True
         self._head_raw = 0
+        self._begun += 1
         self._head_limit = lim.max_request_line + lim.max_header_bytes + 4 * lim.max_headers + 4
         if self._active is None or self._active.body_done:
             self.deadline = self._loop.time() + snap.timeouts.request_headers
