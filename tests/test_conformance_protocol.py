@@ -1,0 +1,334 @@
+"""Black-box conformance: headers and HTTP/1.x behaviour of `lbproxy run` with real clients.
+
+curl, http.client, aiohttp and raw sockets against one proxy process and recording
+backends: forwarding headers (RFC 9110 §7.6), hop-by-hop removal both ways, keep-alive,
+pipelining, HTTP/1.0, 100-continue, bodiless responses, Range, byte-exact streaming,
+truncation on failure, and video hash affinity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+from blackbox import (
+    Backends,
+    Running,
+    curl,
+    exchange,
+    parse_one,
+    pattern,
+    proxy_running,
+    toml_config,
+    wait_until,
+)
+
+pytestmark = pytest.mark.timeout(90)
+
+H = b"Host: example.test\r\n"
+VIDEO_BACKENDS = ["v1", "v2", "v3"]
+
+
+@pytest.fixture(scope="module")
+def backends() -> Iterator[Backends]:
+    b = Backends(["main", *VIDEO_BACKENDS])
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def proxy(backends: Backends, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    def render(port: int, admin_port: int) -> str:
+        return toml_config(
+            port, admin_port,
+            {"main": [backends["main"].address],
+             "videos": [backends[n].address for n in VIDEO_BACKENDS]},
+            [{"path_prefix": "/v/", "cluster": "videos", "hash_on": "path_regex:^/v/([^/]+)/"},
+             {"path_prefix": "/", "cluster": "main"}],
+            policies={"videos": "maglev"},
+            timeouts={"upstream_idle": 5.0},
+        )
+
+    with proxy_running(render, tmp_path_factory.mktemp("protocol") / "lbproxy.toml") as run:
+        yield run
+
+
+def echo(proxy: Running, head: bytes = b"", target: bytes = b"/echo") -> dict:
+    """GET `target` with extra `head` lines; the backend's JSON view of what it received."""
+    reply = exchange(proxy.port, b"GET " + target + b" HTTP/1.1\r\n" + H + head
+                     + b"Connection: close\r\n\r\n")
+    resp = reply.first
+    assert resp.status == 200, reply.raw
+    return json.loads(resp.body)
+
+
+def seen(doc: dict, name: str) -> list[str]:
+    """Values of header `name` as the backend received it."""
+    return [v for n, v in doc["headers"] if n.lower() == name]
+
+
+# -- headers the proxy adds and removes ---------------------------------------------------
+
+
+def test_forwarding_headers_are_added(proxy) -> None:
+    doc = echo(proxy)
+    assert seen(doc, "x-forwarded-for") == ["127.0.0.1"]
+    assert seen(doc, "x-forwarded-proto") == ["http"]
+    assert seen(doc, "via") == ["1.1 lbproxy"]
+    assert seen(doc, "host") == ["example.test"]
+    (rid,) = seen(doc, "x-request-id")
+    assert 8 <= len(rid) <= 128
+
+
+def test_forwarding_headers_are_appended_to_the_clients(proxy) -> None:
+    doc = echo(proxy, b"X-Forwarded-For: 203.0.113.7\r\nVia: 1.0 edge\r\n")
+    assert seen(doc, "x-forwarded-for") == ["203.0.113.7, 127.0.0.1"]
+    assert seen(doc, "via") == ["1.0 edge, 1.1 lbproxy"]
+
+
+def test_client_x_forwarded_proto_is_not_trusted(proxy) -> None:
+    doc = echo(proxy, b"X-Forwarded-Proto: https\r\n")
+    assert seen(doc, "x-forwarded-proto") == ["http"]
+
+
+def test_valid_request_id_is_kept(proxy) -> None:
+    doc = echo(proxy, b"X-Request-Id: req-42.abc:DEF_1\r\n")
+    assert seen(doc, "x-request-id") == ["req-42.abc:DEF_1"]
+
+
+@pytest.mark.parametrize("rid", [b"has space", b"x" * 200, b"semi;colon", b"",
+                                 b"quote\"d", b"two\r\nX-Request-Id: ids"])
+def test_invalid_request_id_is_replaced(proxy, rid) -> None:
+    doc = echo(proxy, b"X-Request-Id: " + rid + b"\r\n")
+    (got,) = seen(doc, "x-request-id")
+    assert got.encode() != rid and got and all(c.isalnum() for c in got)
+
+
+def test_each_request_gets_its_own_generated_id(proxy) -> None:
+    ids = {seen(echo(proxy), "x-request-id")[0] for _ in range(5)}
+    assert len(ids) == 5
+
+
+def test_hop_by_hop_request_headers_are_not_forwarded(proxy) -> None:
+    doc = echo(proxy, b"Connection: keep-alive, X-Private\r\nX-Private: secret\r\n"
+               b"Keep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: X-T\r\nUpgrade: h2c\r\n"
+               b"Proxy-Connection: keep-alive\r\nX-Kept: yes\r\n")
+    names = {n.lower() for n, _ in doc["headers"]}
+    for hop in ("x-private", "keep-alive", "te", "trailer", "upgrade", "proxy-connection"):
+        assert hop not in names
+    # The proxy's own Connection (if any) must not carry the client's tokens.
+    assert all("x-private" not in v.lower() for v in seen(doc, "connection"))
+    assert seen(doc, "x-kept") == ["yes"]
+
+
+def test_hop_by_hop_response_headers_are_not_forwarded(proxy) -> None:
+    reply = exchange(proxy.port, b"GET /hop HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+    resp = reply.first
+    assert resp.status == 200 and resp.body == b"hop"
+    for hop in ("x-private", "keep-alive", "trailer", "upgrade", "proxy-connection"):
+        assert resp.header(hop) is None, hop
+    assert "x-private" not in resp.tokens("connection")
+    assert resp.header("x-kept") == "yes"
+    assert "lbproxy" in (resp.header("via") or "")
+
+
+# -- connection management ------------------------------------------------------------------
+
+
+def test_keep_alive_with_http_client_reuses_both_connections(proxy, backends) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    try:
+        upstream = set()
+        for i in range(5):
+            conn.request("GET", f"/echo/ka/{i}")
+            if i == 0:
+                sock = conn.sock
+            resp = conn.getresponse()
+            doc = json.loads(resp.read())
+            assert resp.status == 200 and doc["target"] == f"/echo/ka/{i}"
+            assert conn.sock is sock, "the proxy closed a keep-alive connection"
+            upstream.add(doc["conn"])
+        assert len(upstream) == 1, "the upstream connection was not reused"
+    finally:
+        conn.close()
+
+
+def test_pipelined_requests_are_answered_in_order(proxy) -> None:
+    reqs = b"".join(b"GET /echo/p/%d HTTP/1.1\r\n" % i + H + b"\r\n" for i in range(3))
+    reply = exchange(proxy.port, reqs + b"GET /echo/p/last HTTP/1.1\r\n" + H
+                     + b"Connection: close\r\n\r\n")
+    targets = [json.loads(r.body)["target"] for r in reply.responses()]
+    assert targets == ["/echo/p/0", "/echo/p/1", "/echo/p/2", "/echo/p/last"]
+    assert reply.closed
+
+
+def test_http10_client_gets_a_framed_response_and_a_close(proxy) -> None:
+    reply = exchange(proxy.port, b"GET /echo HTTP/1.0\r\n" + H + b"\r\n")
+    resp = reply.first
+    assert reply.raw.startswith(b"HTTP/1.")
+    assert resp.status == 200 and json.loads(resp.body)["target"] == "/echo"
+    assert reply.closed
+
+
+def test_http10_chunked_response_is_close_delimited(proxy) -> None:
+    reply = exchange(proxy.port, b"GET /bytes/70000?chunked HTTP/1.0\r\n" + H + b"\r\n")
+    resp = reply.first
+    assert resp.header("transfer-encoding") is None  # HTTP/1.0 has no chunked (RFC 9112 §7)
+    assert reply.closed and resp.body == pattern(70000, "70000")
+
+
+def test_http10_keep_alive_is_honoured_when_asked(proxy) -> None:
+    one = b"GET /echo HTTP/1.0\r\n" + H + b"Connection: keep-alive\r\n\r\n"
+    reply = exchange(proxy.port, [one, b"GET /echo/2 HTTP/1.0\r\n" + H + b"\r\n"], pause=0.3)
+    first, second = reply.responses()
+    assert "keep-alive" in first.tokens("connection")
+    assert json.loads(second.body)["target"] == "/echo/2"
+    assert reply.closed
+
+
+def test_expect_100_continue_with_curl_sends_exactly_one_100(proxy, backends) -> None:
+    body = pattern(5000, "expect")
+    out = curl("-v", "-H", "Expect: 100-continue", "--data-binary", "@-",
+               f"{proxy.url}/echo/expect", data=body)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count(b"< HTTP/1.1 100") == 1, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["body_len"] == 5000 and doc["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert not [n for n, _ in doc["headers"] if n.lower() == "expect"]
+
+
+def test_head_204_304_have_no_body(proxy) -> None:
+    raw = (b"HEAD /echo HTTP/1.1\r\n" + H + b"\r\n"
+           b"GET /status/204 HTTP/1.1\r\n" + H + b"\r\n"
+           b"GET /status/304 HTTP/1.1\r\n" + H + b"\r\n"
+           b"GET /echo/after HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+    reply = exchange(proxy.port, raw)
+    head, rest = parse_one(reply.raw, no_body=True)
+    assert head is not None and head.status == 200
+    assert int(head.header("content-length") or -1) > 0  # HEAD keeps the length
+    no_content, rest = parse_one(rest)
+    not_modified, rest = parse_one(rest)
+    after, rest = parse_one(rest)
+    assert no_content is not None and no_content.status == 204
+    assert no_content.header("content-length") is None
+    assert no_content.header("transfer-encoding") is None
+    assert not_modified is not None and not_modified.status == 304
+    assert not_modified.header("etag") == '"e1"'
+    # Any body bytes after the bodiless responses would shift this one.
+    assert after is not None and json.loads(after.body)["target"] == "/echo/after"
+    assert rest == b""
+
+
+def test_range_request_passes_206_through(proxy) -> None:
+    out = curl("-i", "-r", "10-19", f"{proxy.url}/range")
+    assert out.returncode == 0, out.stderr
+    resp, _ = parse_one(out.stdout)
+    assert resp is not None and resp.status == 206
+    assert resp.header("content-range") == "bytes 10-19/1000"
+    assert resp.body == pattern(1000, "range")[10:20]
+
+
+@pytest.mark.parametrize("how", [["-T", "-"], ["-H", "Transfer-Encoding: chunked",
+                                               "--data-binary", "@-"]])
+def test_chunked_upload_with_curl_is_byte_exact(proxy, how) -> None:
+    body = pattern(3 << 20, "upload")
+    out = curl(*how, "-H", "Expect:", f"{proxy.url}/echo/upload", data=body)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["chunked"] is True
+    assert doc["body_len"] == len(body)
+    assert doc["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+@pytest.mark.slow
+def test_64mib_download_with_curl_is_byte_exact(proxy, tmp_path) -> None:
+    size = 64 << 20
+    dest = tmp_path / "big"
+    out = curl("-o", str(dest), "-w", "%{http_code} %{size_download}",
+               f"{proxy.url}/bytes/{size}", timeout=120)
+    assert out.returncode == 0 and out.stdout == f"200 {size}".encode(), out.stderr
+    want = hashlib.sha256(pattern(size, str(size))).hexdigest()
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == want
+
+
+async def test_chunked_download_with_aiohttp_is_byte_exact(proxy) -> None:
+    size = 5 << 20
+    async with aiohttp.ClientSession() as s, s.get(f"{proxy.url}/bytes/{size}?chunked") as r:
+        assert r.status == 200 and r.headers.get("Transfer-Encoding") == "chunked"
+        got = await r.read()
+    assert got == pattern(size, str(size))
+
+
+@pytest.mark.parametrize("kind", ["cl", "chunked"])
+def test_backend_dying_mid_body_gives_curl_a_partial_file(proxy, kind) -> None:
+    out = curl("-o", "/dev/null", f"{proxy.url}/die/{kind}")
+    assert out.returncode == 18, out.stderr  # CURLE_PARTIAL_FILE
+
+
+def test_backend_dying_mid_chunked_body_never_sends_the_last_chunk(proxy) -> None:
+    reply = exchange(proxy.port, b"GET /die/chunked HTTP/1.1\r\n" + H + b"\r\n")
+    assert reply.closed
+    assert reply.raw.startswith(b"HTTP/1.1 200")
+    assert not reply.raw.endswith(b"0\r\n\r\n")
+    assert reply.responses() == []
+
+
+def test_client_abort_mid_upload_never_completes_the_backend_request(proxy, backends) -> None:
+    target = f"/echo/abort/{uuid.uuid4().hex}"
+    main = backends["main"]
+    with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+        s.sendall(f"POST {target} HTTP/1.1\r\n".encode() + H
+                  + b"Content-Length: 100000\r\n\r\n" + b"a" * 5000)
+        assert wait_until(lambda: any(target.encode() in bytes(c.raw) for c in main.conns))
+    conn = next(c for c in main.conns if target.encode() in bytes(c.raw))
+    assert wait_until(lambda: conn.closed), "the upstream connection stayed open"
+    assert conn.incomplete
+    assert not [r for r in main.requests() if r.target == target]
+
+
+# -- video hash affinity ----------------------------------------------------------------------
+
+
+async def test_every_segment_of_a_video_reaches_one_backend(proxy) -> None:
+    placement: dict[str, set[str]] = {}
+    async with aiohttp.ClientSession() as s:
+        for v in range(24):
+            for seg in range(4):
+                async with s.get(f"{proxy.url}/v/video{v}/{seg}.ts") as r:
+                    assert r.status == 200
+                    doc = await r.json()
+                    assert doc["target"] == f"/v/video{v}/{seg}.ts"
+                    placement.setdefault(f"video{v}", set()).add(doc["backend"])
+    assert all(len(b) == 1 for b in placement.values()), placement
+    used = {next(iter(b)) for b in placement.values()}
+    assert used == set(VIDEO_BACKENDS), "24 videos should spread over all 3 backends"
+
+
+def test_affinity_is_stable_across_connections_and_clients(proxy) -> None:
+    first = echo(proxy, target=b"/v/stable/1.ts")["backend"]
+    for seg in range(2, 6):
+        assert echo(proxy, target=b"/v/stable/%d.ts" % seg)["backend"] == first
+    out = curl(f"{proxy.url}/v/stable/99.ts")
+    assert json.loads(out.stdout)["backend"] == first
+
+
+def test_slow_backend_is_waited_for(proxy) -> None:
+    start = time.monotonic()
+    doc = echo(proxy, target=b"/slow/0.5")
+    assert doc["target"] == "/slow/0.5" and time.monotonic() - start >= 0.5
+
+
+
+
+def test_half_closed_client_still_gets_its_response(proxy) -> None:
+    # RFC 9112 §9.6: a client may half-close after its request; the response still comes.
+    reply = exchange(proxy.port, b"GET /echo/half HTTP/1.1\r\n" + H + b"\r\n", shut=True)
+    assert json.loads(reply.first.body)["target"] == "/echo/half"
+    assert reply.closed
