@@ -171,28 +171,19 @@ def test_run_with_an_invalid_config_exits_nonzero_naming_the_field(tmp_path) -> 
     assert "clusters.segments.policy" in out.stderr
 
 
-def test_run_with_its_port_taken_exits_nonzero_with_a_clear_message(tmp_path, backends) -> None:
+@pytest.mark.parametrize("which", ["listener", "admin"])
+def test_run_with_a_port_taken_exits_nonzero_with_a_clear_message(tmp_path, backends,
+                                                                  which) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
+        ports = (port, free_port()) if which == "listener" else (free_port(), port)
         path = tmp_path / "lbproxy.toml"
-        path.write_text(contract_file("toml", backends, port, free_port()))
+        path.write_text(contract_file("toml", backends, *ports))
         out = lbproxy("run", "--config", str(path))
     assert out.returncode != 0
     assert f"127.0.0.1:{port}" in out.stderr and "in use" in out.stderr, out.stderr
-
-
-def test_run_with_the_admin_port_taken_exits_nonzero(tmp_path, backends) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        admin_port = taken.getsockname()[1]
-        path = tmp_path / "lbproxy.toml"
-        path.write_text(contract_file("toml", backends, free_port(), admin_port))
-        out = lbproxy("run", "--config", str(path))
-    assert out.returncode != 0
-    assert str(admin_port) in out.stderr, out.stderr
 
 
 def get(port: int, path: str, headers: dict[str, str] | None = None,
