@@ -108,6 +108,15 @@ def _append_fields(
         out += b"\r\n"
 
 
+def interim_head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The head of a 1xx response as relayed to an HTTP/1.1 client, hop-by-hop removed."""
+    conn_names = [t for n, v in headers if n == b"connection" for t in _tokens(v)]
+    out = bytearray(STATUS_LINES[status])
+    _append_fields(out, headers, DROP_RESPONSE, conn_names)
+    out += b"\r\n"
+    return bytes(out)
+
+
 def split_target(target: bytes) -> tuple[bytes, bytes, bytes] | None:
     """(authority, path, query) of an origin- or absolute-form target; None when invalid.
 

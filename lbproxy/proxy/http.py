@@ -22,6 +22,7 @@ from lbproxy.proxy._http_py import (
     FRAME_LENGTH,
     FRAME_NONE,
     OK,
+    interim_head,
     new_request_id,
     valid_request_id,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "OK",
     "analyse_request",
     "analyse_response",
+    "interim_head",
     "new_request_id",
     "valid_request_id",
 ]

@@ -21,6 +21,7 @@ from lbproxy.proxy.http import (
     FRAME_CLOSE,
     OK,
     analyse_response,
+    interim_head,
 )
 
 if TYPE_CHECKING:
@@ -208,8 +209,12 @@ class UpstreamConnection(asyncio.Protocol):
         if status < 200:
             if status == 101:
                 raise _BadResponse("101 without an upgrade request")  # we never ask for one
-            # Interim responses are not relayed: the proxy sends its own single 100 Continue
-            # (RFC 9110 §15.2; a proxy may drop 1xx the client did not ask for).
+            # RFC 9110 §15.2: a proxy MUST forward 1xx responses (103 Early Hints, ...)
+            # except those it caused: the backend never sees Expect, and the proxy sends
+            # its own single 100 Continue. HTTP/1.0 clients get none (same section).
+            ex = self.ex
+            if status != 100 and ex is not None and ex.minor == 1:
+                self._out.append(interim_head(status, self._headers))
             self._interim = True
             self._headers = []
             self._head_bytes = 0
