@@ -251,6 +251,24 @@ BAD_RESPONSES: dict[str, bytes] = {
 }
 
 
+# Well-formed but unusual responses (RFC 9112 §6.3, RFC 9110 §15.2, §6.5).
+RAW_RESPONSES: dict[str, bytes] = {
+    "close-delimited": b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"d" * 3000,
+    "early-hints": b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhints",
+    "trailers": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"
+    b"5\r\nhello\r\n0\r\nX-Sum: 1\r\n\r\n",
+    "extra-bytes": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloEXTRA-BYTES-SMUGGLED",
+    "head-chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+    "http10-close": b"HTTP/1.0 200 OK\r\n\r\nten",
+    "304-with-length": b"HTTP/1.1 304 Not Modified\r\nContent-Length: 1234\r\nETag: \"x\"\r\n\r\n",
+    "huge-header": b"HTTP/1.1 200 OK\r\nX-Huge: " + b"h" * (4 << 20) + b"\r\n"
+    b"Content-Length: 0\r\n\r\n",
+}
+
+CLOSE_DELIMITED = frozenset({"close-delimited", "http10-close"})
+
+
 async def respond(backend: Backend, req: Request, w: asyncio.StreamWriter) -> bool:
     """Answer one request by its path; returns whether to keep the connection."""
     path, _, query = req.target.partition("?")
@@ -307,6 +325,12 @@ async def respond(backend: Backend, req: Request, w: asyncio.StreamWriter) -> bo
         await w.drain()
         w.close()
         return False
+    elif kind == "raw":  # /raw/NAME: a canned response; close-delimited ones then close
+        w.write(RAW_RESPONSES[arg])
+        if arg in CLOSE_DELIMITED:
+            await w.drain()
+            w.close()
+            return False
     elif kind == "die":  # /die/cl or /die/chunked: half the body, then close
         if arg == "cl":
             w.write(reply(200, [("Content-Length", "100000")], length=False) + b"a" * 50000)

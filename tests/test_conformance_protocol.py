@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 from blackbox import (
     Backends,
+    Response,
     Running,
     curl,
     exchange,
@@ -331,4 +332,85 @@ def test_half_closed_client_still_gets_its_response(proxy) -> None:
     # RFC 9112 §9.6: a client may half-close after its request; the response still comes.
     reply = exchange(proxy.port, b"GET /echo/half HTTP/1.1\r\n" + H + b"\r\n", shut=True)
     assert json.loads(reply.first.body)["target"] == "/echo/half"
+    assert reply.closed
+
+
+# -- unusual but valid backend responses ----------------------------------------------------
+
+
+def raw_then_next(proxy: Running, name: str, method: bytes = b"GET", minor: bytes = b"1"
+                  ) -> tuple[bytes, Response | None, Response | None]:
+    """GET /raw/NAME then a pipelined /echo/next: (raw reply, first, next response)."""
+    reply = exchange(proxy.port, method + b" /raw/" + name.encode() + b" HTTP/1." + minor
+                     + b"\r\n" + H + b"\r\nGET /echo/next HTTP/1.1\r\n" + H
+                     + b"Connection: close\r\n\r\n")
+    first, rest = parse_one(reply.raw, no_body=method == b"HEAD")
+    nxt, _ = parse_one(rest)
+    return reply.raw, first, nxt
+
+
+def test_103_early_hints_is_forwarded_to_http11_clients(proxy) -> None:
+    # RFC 9110 §15.2: a proxy MUST forward 1xx responses it did not itself ask for.
+    out = curl("-v", f"{proxy.url}/raw/early-hints")
+    assert out.returncode == 0 and out.stdout == b"hints", out.stderr
+    assert b"< HTTP/1.1 103" in out.stderr and b"rel=preload" in out.stderr, out.stderr
+    raw, first, nxt = raw_then_next(proxy, "early-hints")
+    assert raw.startswith(b"HTTP/1.1 103 ")
+    assert first is not None and first.status == 103 and first.header("link")
+    assert nxt is not None and nxt.status == 200 and nxt.body == b"hints"
+
+
+def test_1xx_is_never_sent_to_an_http10_client(proxy) -> None:
+    # RFC 9110 §15.2: a server MUST NOT send a 1xx response to an HTTP/1.0 client.
+    reply = exchange(proxy.port, b"GET /raw/early-hints HTTP/1.0\r\n" + H + b"\r\n")
+    assert reply.first.status == 200 and reply.first.body == b"hints"
+    assert b" 103 " not in reply.raw
+
+
+def test_close_delimited_response_is_rechunked_for_http11(proxy) -> None:
+    _raw, first, nxt = raw_then_next(proxy, "close-delimited")
+    assert first is not None and first.status == 200 and first.body == b"d" * 3000
+    assert first.header("transfer-encoding") == "chunked"  # RFC 9112 §6.3 item 8
+    # The client connection outlives the backend's close: the next request is served.
+    assert nxt is not None and json.loads(nxt.body)["target"] == "/echo/next"
+
+
+def test_http10_backend_response_is_relayed(proxy) -> None:
+    _raw, first, _ = raw_then_next(proxy, "http10-close")
+    assert first is not None and first.status == 200 and first.body == b"ten"
+
+
+def test_response_trailers_end_the_body_cleanly(proxy) -> None:
+    _raw, first, nxt = raw_then_next(proxy, "trailers")
+    assert first is not None and first.body == b"hello"
+    assert nxt is not None and json.loads(nxt.body)["target"] == "/echo/next"
+
+
+def test_bytes_past_a_responses_content_length_never_reach_the_client(proxy) -> None:
+    # A backend sending more than it declared is desynchronised: the excess is not a
+    # response, must never be relayed, and the upstream connection must not be reused.
+    raw, first, nxt = raw_then_next(proxy, "extra-bytes")
+    assert first is not None and first.body == b"hello"
+    assert b"SMUGGLED" not in raw
+    if nxt is not None:
+        assert json.loads(nxt.body)["target"] == "/echo/next"
+
+
+def test_head_response_with_chunked_framing_has_no_body(proxy) -> None:
+    _raw, first, nxt = raw_then_next(proxy, "head-chunked", method=b"HEAD")
+    assert first is not None and first.status == 200
+    assert nxt is not None and json.loads(nxt.body)["target"] == "/echo/next"
+
+
+def test_304_keeps_its_content_length_and_sends_no_body(proxy) -> None:
+    _raw, first, nxt = raw_then_next(proxy, "304-with-length")
+    assert first is not None and first.status == 304
+    assert first.header("content-length") == "1234"  # RFC 9110 §8.6
+    assert nxt is not None and json.loads(nxt.body)["target"] == "/echo/next"
+
+
+def test_oversized_response_head_is_502(proxy) -> None:
+    reply = exchange(proxy.port, b"GET /raw/huge-header HTTP/1.1\r\n" + H + b"\r\n")
+    resp = reply.first
+    assert resp.status == 502 and resp.header("x-lbproxy-error")
     assert reply.closed
