@@ -518,8 +518,10 @@ class ClientConnection(asyncio.Protocol):
         self._finish(ex)
         if self._pending_error is not None:
             self._send_error(self._pending_error)  # a later pipelined request was bad
-        elif not ex.keep_alive or not ex.body_done:
-            self._close()  # Connection: close was sent (or the body was not read to its end)
+        elif not ex.body_done:
+            self._linger()  # answered before the request body ended: the client may be sending
+        elif not ex.keep_alive:
+            self._close()  # Connection: close was sent
         else:
             self._next()
 
@@ -649,14 +651,19 @@ class ClientConnection(asyncio.Protocol):
         """Write a (Connection: close) error response, half-close, and linger."""
         if self._closing:
             return
+        assert self.transport is not None
+        self.transport.write(err.wire)
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close a connection whose client may still be sending: FIN after what was
+        written, then keep reading (and discarding) for a while, so the client gets the
+        response, not a reset."""
         transport = self.transport
         assert transport is not None
-        transport.write(err.wire)
         if not transport.can_write_eof():
             self._close()
             return
-        # Send FIN after the response but keep reading (and discarding) for a while, so a
-        # client still sending its request gets the error, not a reset.
         self._closing = True
         self.up_deadline = _INF
         transport.write_eof()
