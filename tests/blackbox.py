@@ -184,7 +184,9 @@ class Backend:
             lower = {n.lower(): v for n, v in headers}
             chunked = lower.get("transfer-encoding", "").lower() == "chunked"
             body = b""
-            if chunked:
+            if target.startswith("/early"):
+                pass  # answered before its body is read (the body stays unread)
+            elif chunked:
                 parts = []
                 while True:
                     size = int((await self._readline(reader, conn)).split(b";")[0], 16)
@@ -331,6 +333,22 @@ async def respond(backend: Backend, req: Request, w: asyncio.StreamWriter) -> bo
             await w.drain()
             w.close()
             return False
+    elif kind == "early":  # refuse before reading the body; half-close and linger
+        w.write(reply(403, [("Connection", "close")], b"no thanks"))
+        await w.drain()
+        w.write_eof()
+        reader = w.transport.get_protocol()._stream_reader  # type: ignore[attr-defined]
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            async with asyncio.timeout(2):
+                while await reader.read(65536):
+                    pass
+        return False
+    elif kind == "ka-close":  # a keep-alive response, then the backend closes when idle
+        w.write(head_reply(200, [("X-Backend", backend.name)], describe(backend, req), False))
+        await w.drain()
+        await asyncio.sleep(0.05)
+        w.close()
+        return False
     elif kind == "die":  # /die/cl or /die/chunked: half the body, then close
         if arg == "cl":
             w.write(reply(200, [("Content-Length", "100000")], length=False) + b"a" * 50000)

@@ -8,6 +8,7 @@ truncation on failure, and video hash affinity.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import http.client
 import json
@@ -414,3 +415,47 @@ def test_oversized_response_head_is_502(proxy) -> None:
     resp = reply.first
     assert resp.status == 502 and resp.header("x-lbproxy-error")
     assert reply.closed
+
+
+# -- faults and load ------------------------------------------------------------------------
+
+
+def test_backend_answering_before_the_upload_ends_reaches_the_client(proxy) -> None:
+    # The backend refuses (403, Connection: close) without reading a 3 MB body. The
+    # client must get that response, not a reset caused by its own unread upload.
+    pieces = [b"POST /early HTTP/1.1\r\n" + H + b"Content-Length: 3000000\r\n\r\n"]
+    pieces += [b"x" * 300_000] * 10
+    reply = exchange(proxy.port, pieces, pause=0.05)
+    assert reply.first.status == 403 and reply.first.body == b"no thanks", reply.raw
+    assert reply.closed
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    try:
+        conn.request("POST", "/early", body=b"y" * 3_000_000)
+        resp = conn.getresponse()
+        assert resp.status == 403 and resp.read() == b"no thanks"
+    finally:
+        conn.close()
+
+
+def test_pooled_connection_closed_by_the_backend_is_not_a_failure(proxy) -> None:
+    # Backends close idle keep-alive connections on their own clock (RFC 9112 §9.3.1);
+    # the next request, idempotent or not, must not see that as a 502.
+    for method, body in ((b"GET", b""), (b"POST", b"hi"), (b"GET", b"")):
+        reply = exchange(proxy.port, method + b" /ka-close HTTP/1.1\r\n" + H
+                         + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+                         + body)
+        assert reply.first.status == 200, reply.raw
+        time.sleep(0.2)
+
+
+async def test_many_concurrent_aiohttp_requests_all_succeed(proxy) -> None:
+    async def one(session: aiohttp.ClientSession, i: int) -> str:
+        async with session.get(f"{proxy.url}/echo/c/{i}") as r:
+            assert r.status == 200
+            return (await r.json())["target"]
+
+    connector = aiohttp.TCPConnector(limit=50)
+    async with aiohttp.ClientSession(connector=connector) as s:
+        targets = await asyncio.wait_for(
+            asyncio.gather(*(one(s, i) for i in range(300))), 30)
+    assert targets == [f"/echo/c/{i}" for i in range(300)]
