@@ -9,6 +9,7 @@ path (a Connection header naming other headers is the only case that allocates a
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.list cimport PyList_GET_SIZE
 
 from lbproxy.proxy._http_py import STATUS_LINES as _STATUS_LINES_DICT
 from lbproxy.proxy._http_py import new_request_id
@@ -53,6 +54,38 @@ cdef frozenset _DROP_REQUEST = _DROP_REQUEST_PY
 cdef frozenset _DROP_RESPONSE = _DROP_RESPONSE_PY
 cdef tuple _BAD_REQ = (E_BAD_REQUEST, b"", b"", b"", 0, 0, 0, b"")
 cdef tuple _BAD_RESP = (E_BAD_REQUEST, 0, 0, 0, False, False, b"")
+
+
+cdef class HeadCollector:
+    """Parser-callback base: collects header fields, lowercased, within the head limits."""
+
+    cdef public list headers
+    cdef public Py_ssize_t header_bytes
+    cdef public Py_ssize_t max_header_bytes
+    cdef public Py_ssize_t max_headers
+    cdef public bint in_head
+
+    def __cinit__(self, *args, **kwargs):
+        self.headers = []
+        self.header_bytes = 0
+        self.max_header_bytes = 65536
+        self.max_headers = 100
+        self.in_head = False
+
+    def on_header(self, bytes name, bytes value):
+        """httptools callback: one field; ignored outside the head (trailers are dropped)."""
+        if not self.in_head:
+            return
+        self.header_bytes += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4
+        if (self.header_bytes > self.max_header_bytes
+                or PyList_GET_SIZE(self.headers) >= self.max_headers):
+            self.head_too_large()
+            return
+        self.headers.append((name.lower(), value))
+
+    def head_too_large(self):
+        """Called when a limit is passed; subclasses raise their own error."""
+        raise ValueError("header limits exceeded")
 
 
 cdef inline bint _all_in(bytes value, unsigned char* table):

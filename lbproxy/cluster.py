@@ -76,7 +76,7 @@ NO_HEALTHY_BACKEND = Refusal("no_healthy_backend", 1)
 class AdmissionPolicy(Protocol):
     """Consulted by `begin()` before selection (load shedding, circuit breaker, ...)."""
 
-    def admit(self, cluster: Cluster, now_ns: int) -> Refusal | None:
+    def admit(self, cluster: Cluster, now_ns: int, attempt: int) -> Refusal | None:
         """None to let the request through, or the refusal to answer with."""
         ...
 
@@ -117,7 +117,7 @@ class ClusterState:
         self._refuse: list[int] = []  # slot → REFUSE_* bits
         self._free: list[int] = []  # heap of reusable slots, lowest first
         self._retiring: set[int] = set()  # removed slots still holding in-flight requests
-        self._drained: set[str] = set()  # addresses an operator drained; survives re-adding
+        self._drained: set[str] = set()  # members an operator drained
         # Plug-in points, empty for now; held here (not in Cluster) because they keep state.
         self.admission: tuple[AdmissionPolicy, ...] = ()
         self.observers: tuple[OutcomeObserver, ...] = ()
@@ -132,6 +132,7 @@ class ClusterState:
         wanted = set(addresses)
         for address in [a for a in self.slots if a not in wanted]:
             slot = self.slots.pop(address)
+            self._drained.discard(address)  # a backend added again later starts active
             self._set_bits(slot, REFUSE_REMOVED, True)
             if self.load.inflight(slot) == 0:
                 self.addresses[slot] = None
@@ -262,11 +263,13 @@ class Cluster:
         self._pick_with_now = cfg.policy == "p2c"
         self._pick = self.selector.pick  # type: ignore[attr-defined]
 
-    def begin(self, key: bytes, now_ns: int) -> Lease | Refusal:
+    def begin(self, key: bytes, now_ns: int, attempt: int = 0) -> Lease | Refusal:
         """Admit, select and account one request: a `Lease` to end later, or a `Refusal`."""
+        # `attempt` is 0 for a first try and counts retries, so a retry budget (an admission
+        # policy) can refuse retries without the data plane knowing budgets exist.
         state = self.state
         for policy in state.admission:
-            refusal = policy.admit(self, now_ns)
+            refusal = policy.admit(self, now_ns, attempt)
             if refusal is not None:
                 return refusal
         slot = self._pick(key, now_ns) if self._pick_with_now else self._pick(key)

@@ -188,6 +188,10 @@ def validate_backends(entries: list[str | Backend], path: str) -> list[tuple[str
     return errors
 
 
+# RFC 9110 §5.6.2: field names (and methods) are tokens of tchar.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
 def _validate_hash_on(value: str) -> str | None:
     if value == "path":
         return None
@@ -203,6 +207,10 @@ def _validate_hash_on(value: str) -> str | None:
                     return f"invalid regex: {exc}"
                 if rx.groups < 1:
                     return "path_regex needs a capture group (its first group is the key)"
+            elif kind == "header:" and not _TOKEN.fullmatch(arg):
+                return f"not a header field name (RFC 9110 token): {arg!r}"
+            elif kind in ("query:", "cookie:") and any(c in arg for c in "&=; \t"):
+                return f"{kind[:-1]} name must not contain '&', '=', ';' or whitespace"
             return None
     return (
         f"unknown hash_on {value!r}; expected one of "
@@ -220,6 +228,8 @@ def validate(cfg: Config) -> list[tuple[str, str]]:
                 ipaddress.ip_address(host)
         except ValueError as exc:
             errors.append((path, str(exc)))
+    if cfg.admin.bind == cfg.listener.bind and not cfg.admin.bind.endswith(":0"):
+        errors.append(("admin.bind", f"must differ from listener.bind ({cfg.listener.bind})"))
     if cfg.listener.tls is not None:
         for name in ("cert", "key"):
             f = getattr(cfg.listener.tls, name)
@@ -264,6 +274,10 @@ def validate(cfg: Config) -> list[tuple[str, str]]:
             errors.append((f"{base}.host", "must not be empty"))
         if rt.max_body_bytes is not None and rt.max_body_bytes < 0:
             errors.append((f"{base}.max_body_bytes", "must be >= 0"))
+        for name in rt.headers or {}:
+            if not _TOKEN.fullmatch(name):
+                errors.append((field_path(f"{base}.headers", name),
+                               "not a header field name (RFC 9110 token)"))
         if rt.methods is not None:
             for j, m in enumerate(rt.methods):
                 if not m or not m.isalpha() or not m.isupper():

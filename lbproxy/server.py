@@ -184,8 +184,13 @@ class Listener:
         self.cfg = cfg
         self.host, _ = config.parse_hostport(cfg.listener.bind)
         self.port = port
+        self.ssl: ssl.SSLContext | None = None
+        if cfg.listener.tls is not None:
+            try:
+                self.ssl = build_ssl_context(cfg.listener.tls)
+            except (ssl.SSLError, OSError) as exc:
+                raise StartupError(f"cannot load listener.tls cert/key: {exc}") from None
         self.dataplane = dataplane(snapshot)
-        self.ssl = build_ssl_context(cfg.listener.tls) if cfg.listener.tls else None
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -263,15 +268,31 @@ async def _report_loop(snapshot: Snapshot) -> None:
 
 
 def _emit_line(line: str) -> None:
-    # The pipe to the supervisor; lines are short (well under PIPE_BUF is not needed: one
-    # writer per pipe), and a supervisor that went away makes this process exit on EPIPE.
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    # The pipe to the supervisor, which reads it continuously, so this short write does not
+    # block. If the supervisor is gone the write fails; stdin's EOF then starts the drain.
+    with contextlib.suppress(BrokenPipeError):
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+class _SupervisorPipe(asyncio.Protocol):
+    """The worker's stdin: EOF means the supervisor is gone, so the worker drains and exits."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._stop.is_set():
+            log("supervisor went away; draining")
+        self._stop.set()
 
 
 async def _worker(cfg: config.Config, index: int, total: int, port: int,
                   dataplane: DataPlaneFactory) -> None:
-    stop = _install_stop(asyncio.get_running_loop())
+    loop = asyncio.get_running_loop()
+    stop = _install_stop(loop)
+    # Orphaned workers must not keep serving: watch the supervisor's end of stdin.
+    pipe, _ = await loop.connect_read_pipe(lambda: _SupervisorPipe(stop), sys.stdin)
     snapshot = build_snapshot(cfg, {}, 1)
     listener = Listener(cfg, snapshot, dataplane, port)
     await listener.start()
@@ -284,6 +305,7 @@ async def _worker(cfg: config.Config, index: int, total: int, port: int,
     reporter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await reporter
+    pipe.close()
 
 
 def worker_main(argv: list[str]) -> int:
@@ -292,7 +314,10 @@ def worker_main(argv: list[str]) -> int:
     The supervisor writes the config as one JSON line on stdin (already validated there).
     """
     index, total, port, dataplane_name = int(argv[0]), int(argv[1]), int(argv[2]), argv[3]
-    cfg = config.from_dict(json.loads(sys.stdin.readline()))
+    # The raw (unbuffered) stream reads exactly one line, so nothing the supervisor sends
+    # later is swallowed by a read-ahead buffer before the event loop watches stdin.
+    with open(sys.stdin.fileno(), "rb", buffering=0, closefd=False) as raw:
+        cfg = config.from_dict(json.loads(raw.readline()))
     try:
         dataplane = load_dataplane(dataplane_name)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -362,7 +387,7 @@ async def supervise(cfg: config.Config, workers: int, dataplane: str,
 
     async def keep(p: _WorkerProcess) -> None:
         nonlocal status
-        while True:
+        while not draining:  # a worker due for restart when the drain begins stays down
             await p.spawn(cfg_line, workers, port, dataplane)
             assert p.proc is not None
             await p.read_reports()
@@ -429,6 +454,7 @@ async def _track_readiness(procs: list[_WorkerProcess], admin: AdminAPI) -> None
 def run(cfg: config.Config, workers: int = 1, dataplane: str | None = None) -> int:
     """Run the proxy until SIGTERM/SIGINT; returns the process exit status."""
     dataplane = dataplane or DEFAULT_DATAPLANE
+
     async def main() -> int:
         if workers == 1:
             await serve(cfg, dataplane=load_dataplane(dataplane))

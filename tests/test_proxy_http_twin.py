@@ -131,3 +131,31 @@ def test_response_head_serialisation(impl: ModuleType) -> None:
     assert result == (0, 1, 1, 2, True, True,
                       b"HTTP/1.1 200 OK\r\nserver: o\r\ncontent-length: 2\r\n"
                       b"via: 1.1 lbproxy\r\n\r\n")
+
+
+class _Stop(Exception):
+    pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(fields=st.lists(st.tuples(st.binary(min_size=1, max_size=20), st.binary(max_size=40)),
+                       max_size=30),
+       max_bytes=st.integers(1, 600), max_count=st.integers(1, 40))
+def test_head_collector_agrees(fields: list[tuple[bytes, bytes]], max_bytes: int,
+                               max_count: int) -> None:
+    def collect(module: ModuleType) -> tuple[list[tuple[bytes, bytes]], int, bool]:
+        class Collector(module.HeadCollector):  # type: ignore[name-defined,misc]
+            def head_too_large(self) -> None:
+                raise _Stop
+
+        c = Collector()
+        c.max_header_bytes, c.max_headers, c.in_head = max_bytes, max_count, True
+        stopped = False
+        try:
+            for name, value in fields:
+                c.on_header(name, value)
+        except _Stop:
+            stopped = True
+        return c.headers, c.header_bytes, stopped
+
+    assert collect(_http_py) == collect(load("native"))

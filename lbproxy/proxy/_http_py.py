@@ -74,6 +74,33 @@ for _code in range(100, 600):
     STATUS_LINES[_code] = f"HTTP/1.1 {_code} {_PHRASES.get(_code, '')}\r\n".encode("ascii")
 
 
+class HeadCollector:
+    """Parser-callback base: collects header fields, lowercased, within the head limits."""
+
+    __slots__ = ("header_bytes", "headers", "in_head", "max_header_bytes", "max_headers")
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.header_bytes = 0
+        self.max_header_bytes = 65536
+        self.max_headers = 100
+        self.in_head = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """httptools callback: one field; ignored outside the head (trailers are dropped)."""
+        if not self.in_head:
+            return  # RFC 9112 §7.1.2: trailer fields are not forwarded
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > self.max_header_bytes or len(self.headers) >= self.max_headers:
+            self.head_too_large()
+            return
+        self.headers.append((name.lower(), value))
+
+    def head_too_large(self) -> None:
+        """Called when a limit is passed; subclasses raise their own error."""
+        raise ValueError("header limits exceeded")
+
+
 def new_request_id() -> bytes:
     """A fresh random request id: 24 lowercase hex digits (96 bits)."""
     return b"%024x" % _rng.getrandbits(96)

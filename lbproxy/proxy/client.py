@@ -32,6 +32,7 @@ from lbproxy.proxy.http import (
     FRAME_LENGTH,
     FRAME_NONE,
     OK,
+    HeadCollector,
     analyse_request,
 )
 
@@ -154,10 +155,11 @@ class Exchange:
         self.status = 0
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(HeadCollector, asyncio.Protocol):
     """One client connection: parse, validate, route, relay; keep-alive and pipelining."""
 
     def __init__(self, plane: DataPlane) -> None:
+        super().__init__()
         self._plane = plane
         self._loop = plane.loop
         self._parser = httptools.HttpRequestParser(self)
@@ -166,9 +168,6 @@ class ClientConnection(asyncio.Protocol):
         self._proto = b"http"
         self._snap: Snapshot = plane.snapshot
         self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._header_bytes = 0
-        self._in_head = False
         self._head_raw = 0
         self._begun = 0  # requests begun during the current data_received
         self._head_limit = 0
@@ -208,7 +207,7 @@ class ClientConnection(asyncio.Protocol):
         """Feed the request parser (all the work happens in its callbacks)."""
         if self._closing:
             return
-        was_in_head = self._in_head
+        was_in_head = self.in_head
         if was_in_head:
             self._head_raw += len(data)
         # Between requests, a request that begins in this segment begins at its first byte.
@@ -240,11 +239,11 @@ class ClientConnection(asyncio.Protocol):
                 )
             self._parse_failed(err)
             return
-        if self._in_head and not was_in_head and at_boundary and self._begun == 1:
+        if self.in_head and not was_in_head and at_boundary and self._begun == 1:
             # The head started here and is still open: all of `data` is head (without
             # this, one oversized first segment would wait for the 408, not get its 431).
             self._head_raw = len(data)
-        if self._in_head and self._head_raw > self._head_limit:
+        if self.in_head and self._head_raw > self._head_limit:
             # One header line (or the head) keeps growing past every limit: 431 without
             # waiting for its end (httptools buffers a field until it is complete).
             self._parse_failed(errors.HEADERS_TOO_LARGE)
@@ -255,7 +254,7 @@ class ClientConnection(asyncio.Protocol):
             return False  # nothing more to send: let the transport close
         self._no_more = True
         ex = self._active
-        if ex is not None and ex.body_done and self._parsing is None and not self._in_head:
+        if ex is not None and ex.body_done and self._parsing is None and not self.in_head:
             return True  # keep our side open to send the response (RFC 9112 §9.6)
         if ex is not None:
             # EOF mid-request: the upstream exchange must not look complete.
@@ -307,9 +306,11 @@ class ClientConnection(asyncio.Protocol):
         snap = self._snap = self._plane.snapshot
         lim = snap.limits
         self._url = b""
-        self._headers = []
-        self._header_bytes = 0
-        self._in_head = True
+        self.headers = []
+        self.header_bytes = 0
+        self.max_header_bytes = lim.max_header_bytes
+        self.max_headers = lim.max_headers
+        self.in_head = True
         self._head_raw = 0
         self._begun += 1
         self._head_limit = lim.max_request_line + lim.max_header_bytes + 4 * lim.max_headers + 4
@@ -324,20 +325,14 @@ class ClientConnection(asyncio.Protocol):
             self._reject = errors.URI_TOO_LONG
             raise _Reject("request line too long")
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        """Collect one header field; trailers after a chunked body are dropped."""
-        if not self._in_head:
-            return  # RFC 9112 §7.1.2: trailer fields are not forwarded
-        lim = self._snap.limits
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > lim.max_header_bytes or len(self._headers) >= lim.max_headers:
-            self._reject = errors.HEADERS_TOO_LARGE
-            raise _Reject("request headers too large")
-        self._headers.append((name.lower(), value))
+    def head_too_large(self) -> None:
+        """Header bytes or count passed the limits: 431."""
+        self._reject = errors.HEADERS_TOO_LARGE
+        raise _Reject("request headers too large")
 
     def on_headers_complete(self) -> None:
         """Validate the head (RFC 9112) and start, or queue, the exchange."""
-        self._in_head = False
+        self.in_head = False
         parser = self._parser
         version = parser.get_http_version()
         if version == "1.1":
@@ -355,7 +350,7 @@ class ClientConnection(asyncio.Protocol):
             self._reject = errors.URI_TOO_LONG
             raise _Reject("request line too long")
         analysed = analyse_request(
-            method, self._url, minor, self._headers, self._client_ip, self._proto
+            method, self._url, minor, self.headers, self._client_ip, self._proto
         )
         result = analysed[0]
         if result != OK:
@@ -367,7 +362,7 @@ class ClientConnection(asyncio.Protocol):
                 else errors.BAD_REQUEST
             )
             raise _Reject("invalid request head")
-        ex = Exchange(self, self._snap, method, minor, self._headers, analysed)
+        ex = Exchange(self, self._snap, method, minor, self.headers, analysed)
         self._parsing = ex
         if self._active is None:
             self._start(ex)
@@ -620,7 +615,7 @@ class ClientConnection(asyncio.Protocol):
                 self._resume(P_PIPELINE)
             self._start(ex)
             return
-        if self._in_head or self._parsing is not None:
+        if self.in_head or self._parsing is not None:
             return  # the next request is arriving; its own clocks run
         if self._plane.draining:
             self._close()
@@ -734,7 +729,7 @@ class ClientConnection(asyncio.Protocol):
 
     def drain(self) -> None:
         """Close now if idle; otherwise the next response carries Connection: close."""
-        if self._active is None and not self._in_head and self._parsing is None:
+        if self._active is None and not self.in_head and self._parsing is None:
             self._close()
 
     def client_timeout(self) -> None:

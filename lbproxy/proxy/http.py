@@ -29,14 +29,14 @@ from lbproxy.proxy._http_py import (
 
 NATIVE = False
 if TYPE_CHECKING or os.environ.get("LBPROXY_NO_EXTENSIONS") == "1":
-    from lbproxy.proxy._http_py import analyse_request, analyse_response
+    from lbproxy.proxy._http_py import HeadCollector, analyse_request, analyse_response
 else:
     try:
-        from lbproxy._http_c import analyse_request, analyse_response
+        from lbproxy._http_c import HeadCollector, analyse_request, analyse_response
 
         NATIVE = True
     except ImportError:  # not built (e.g. a source checkout without a compiler)
-        from lbproxy.proxy._http_py import analyse_request, analyse_response
+        from lbproxy.proxy._http_py import HeadCollector, analyse_request, analyse_response
 
 __all__ = [
     "E_BAD_REQUEST",
@@ -51,6 +51,7 @@ __all__ = [
     "F_UPGRADE",
     "NATIVE",
     "OK",
+    "HeadCollector",
     "analyse_request",
     "analyse_response",
     "interim_head",

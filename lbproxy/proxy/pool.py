@@ -20,6 +20,7 @@ from lbproxy.proxy.http import (
     FRAME_CHUNKED,
     FRAME_CLOSE,
     OK,
+    HeadCollector,
     analyse_response,
     interim_head,
 )
@@ -38,15 +39,12 @@ class _BadResponse(Exception):
     """Raised inside parser callbacks: the backend's response is malformed (→ 502)."""
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(HeadCollector, asyncio.Protocol):
     """One connection to a backend; carries one exchange at a time, then returns to its pool."""
 
     __slots__ = (
         "_chunked_out",
         "_done",
-        "_head_bytes",
-        "_headers",
-        "_in_head",
         "_interim",
         "_out",
         "_parser",
@@ -65,12 +63,12 @@ class UpstreamConnection(asyncio.Protocol):
     )
 
     def __init__(self, pool: UpstreamPool) -> None:
+        super().__init__()
+        self.max_header_bytes = _MAX_RESPONSE_HEAD
+        self.max_headers = _MAX_RESPONSE_HEADERS
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
-        self._in_head = True
         self._interim = False
         self._done = False
         self._reusable = False
@@ -94,9 +92,9 @@ class UpstreamConnection(asyncio.Protocol):
         """Start carrying `ex`: send its head (and any body already buffered)."""
         self.ex = ex
         self.client = ex.conn
-        self._headers = []
-        self._head_bytes = 0
-        self._in_head = True
+        self.headers = []
+        self.header_bytes = 0
+        self.in_head = True
         self._interim = False
         self._done = False
         self.started = False
@@ -194,13 +192,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------------
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        """Collect one response header (trailers after the body are dropped)."""
-        if self._in_head:
-            self._head_bytes += len(name) + len(value) + 4
-            if self._head_bytes > _MAX_RESPONSE_HEAD or len(self._headers) >= _MAX_RESPONSE_HEADERS:
-                raise _BadResponse("response head too large")
-            self._headers.append((name.lower(), value))
+    def head_too_large(self) -> None:
+        """The response head passed the limits: malformed."""
+        raise _BadResponse("response head too large")
 
     def on_headers_complete(self) -> None:
         """Validate and rewrite the response head, then send it to the client."""
@@ -216,10 +210,10 @@ class UpstreamConnection(asyncio.Protocol):
             if status != 100 and ex is not None and ex.minor == 1:
                 self._out.append(interim_head(status, self._headers))
             self._interim = True
-            self._headers = []
-            self._head_bytes = 0
+            self.headers = []
+            self.header_bytes = 0
             return
-        self._in_head = False
+        self.in_head = False
         ex = self.ex
         client = self.client
         assert ex is not None and client is not None
@@ -228,7 +222,7 @@ class UpstreamConnection(asyncio.Protocol):
             raise _BadResponse("unsupported response version")
         keep_alive = client.may_keep_alive(ex)
         result, framing_in, framing_out, _clen, reusable, keep_alive, head = analyse_response(
-            status, 1 if version == "1.1" else 0, self._headers, ex.head_request, ex.minor,
+            status, 1 if version == "1.1" else 0, self.headers, ex.head_request, ex.minor,
             keep_alive,
         )
         if result != OK:
