@@ -76,7 +76,7 @@ CASES: list[tuple[str, bytes, int, bytes]] = [
     ("space_in_target", b"GET /a b HTTP/1.1\r\n" + H + b"\r\n", 400, b"bad_request"),
     ("unknown_method", b"FROB / HTTP/1.1\r\n" + H + b"\r\n", 400, b"bad_request"),
     ("lowercase_method", b"get / HTTP/1.1\r\n" + H + b"\r\n", 400, b"bad_request"),
-    # CONNECT asks for a tunnel: not supported (501, documented in docs/DATAPLANE.md)
+    # CONNECT asks for a tunnel: not supported (501, documented in docs/dataplane.md)
     ("connect", b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n", 501,
      b"unsupported_method"),
     # Versions: only HTTP/1.0 and 1.1; a well-formed other version is 505, garbage is 400

@@ -345,3 +345,25 @@ async def test_stale_pooled_connection_is_retried_for_idempotent_requests() -> N
         c.close()
         assert outcomes(proxy) == {Outcome.OK: 2}
     assert backend.connections == 2
+
+
+@on_uvloop
+async def test_slow_backend_is_not_a_slow_client() -> None:
+    async def handler(b: Backend, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        await b.read(reader)
+        await asyncio.sleep(0.8)  # longer than every client-side timeout below
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.read()
+
+    client_side = {"request_headers": 0.2, "client_body_idle": 0.2, "client_idle": 0.2}
+    backend = Backend(handler=handler)
+    async with running(backend, timeouts=client_side) as proxy:
+        c = await Client.connect(proxy.port)
+        await c.send(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+        resp = await c.response()
+        assert resp.status == 200 and resp.body == b"ok"
+        assert await c.closed(2) and c.buffer == b""  # then idle-closed, no 408 after it
+        c.close()
+        assert outcomes(proxy) == {Outcome.OK: 1}

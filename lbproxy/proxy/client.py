@@ -186,6 +186,9 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         self._saved_kind = K_NONE
         self.up_deadline = _INF
         self.up_kind = U_NONE
+        # loop time of the last byte from the backend; the ticker turns it into the idle
+        # deadline, so a body chunk costs one clock read and no deadline arithmetic
+        self.up_last = 0.0
 
     # -- asyncio.Protocol: client transport ------------------------------------------
 
@@ -364,6 +367,9 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
             raise _Reject("invalid request head")
         ex = Exchange(self, self._snap, method, minor, self.headers, analysed)
         self._parsing = ex
+        if self.deadline_kind == K_HEAD:
+            self.deadline = _INF  # the head is complete; the body (if any) has its own clock
+            self.deadline_kind = K_NONE
         if self._active is None:
             self._start(ex)
         else:
@@ -455,10 +461,11 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         ex.lease = gate
         backend = gate.backend
         pool = ex.pool = plane.pool(backend.host, backend.port)
-        self.up_deadline = self._loop.time() + snap.timeouts.connect
+        now = self._loop.time()
+        self.up_deadline = now + snap.timeouts.connect
         self.up_kind = U_CONNECT
         if not ex.body_done and self.deadline_kind != K_HEAD:
-            self.deadline = self._loop.time() + snap.timeouts.client_body_idle
+            self.deadline = now + snap.timeouts.client_body_idle
             self.deadline_kind = K_BODY
         pool.acquire(ex)
 
@@ -499,13 +506,8 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
 
     def response_started(self) -> None:
         """The response head is on its way: the backend is now on the idle clock."""
-        self.up_deadline = self._loop.time() + self._snap.timeouts.upstream_idle
+        self.up_deadline = self.up_last + self._snap.timeouts.upstream_idle
         self.up_kind = U_IDLE
-
-    def up_touch(self) -> None:
-        """A byte arrived from the backend: restart the upstream idle clock."""
-        if self.up_kind == U_IDLE:
-            self.up_deadline = self._loop.time() + self._snap.timeouts.upstream_idle
 
     def response_done(self, ex: Exchange) -> None:
         """The response was fully relayed: account it, then serve the next request."""
@@ -761,8 +763,13 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
             else:
                 self._send_error(errors.REQUEST_TIMEOUT)
 
-    def upstream_timeout(self) -> None:
+    def upstream_timeout(self, now: float) -> None:
         """The upstream-side deadline passed (connect, response head or idle mid-body)."""
+        if self.up_kind == U_IDLE:
+            idle_until = self.up_last + self._snap.timeouts.upstream_idle
+            if idle_until > now:
+                self.up_deadline = idle_until  # bytes arrived since: not idle yet
+                return
         self.up_deadline = _INF
         self.up_kind = U_NONE
         ex = self._active

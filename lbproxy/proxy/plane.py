@@ -79,7 +79,7 @@ class DataPlane:
             if conn.deadline <= now:
                 conn.client_timeout()
             if conn.up_deadline <= now:
-                conn.upstream_timeout()
+                conn.upstream_timeout(now)
         idle_timeout = self.snapshot.upstream.idle_timeout
         for pool in self._pools.values():
             if pool.idle:

@@ -49,6 +49,7 @@ class UpstreamConnection(HeadCollector, asyncio.Protocol):
         "_out",
         "_parser",
         "_reusable",
+        "_time",
         "client",
         "closed",
         "ex",
@@ -67,6 +68,7 @@ class UpstreamConnection(HeadCollector, asyncio.Protocol):
         self.max_header_bytes = _MAX_RESPONSE_HEAD
         self.max_headers = _MAX_RESPONSE_HEADERS
         self.pool = pool
+        self._time = pool.loop.time
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._interim = False
@@ -132,7 +134,7 @@ class UpstreamConnection(HeadCollector, asyncio.Protocol):
             self.abort()
             return
         self.got_bytes = True
-        client.up_touch()
+        client.up_last = self._time()
         out = self._out
         try:
             self._parser.feed_data(data)
@@ -294,11 +296,11 @@ class UpstreamConnection(HeadCollector, asyncio.Protocol):
 class UpstreamPool:
     """Keep-alive connections to one backend address (max connections, max idle, idle timeout)."""
 
-    __slots__ = ("_loop", "_plane", "host", "idle", "port", "total", "waiters")
+    __slots__ = ("_plane", "host", "idle", "loop", "port", "total", "waiters")
 
     def __init__(self, plane: DataPlane, host: str, port: int) -> None:
         self._plane = plane
-        self._loop = plane.loop
+        self.loop = plane.loop
         self.host = host
         self.port = port
         self.idle: list[UpstreamConnection] = []  # LIFO: the warmest connection first
@@ -324,7 +326,7 @@ class UpstreamPool:
     def _connect(self, ex: Exchange) -> None:
         self.total += 1
         ex.connect_task = task = asyncio.ensure_future(
-            self._loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port)
+            self.loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port)
         )
         task.add_done_callback(lambda t: self._connected(ex, t))
 
@@ -362,7 +364,7 @@ class UpstreamPool:
             return
         assert conn.transport is not None
         conn.transport.resume_reading()  # it may have been paused for a slow client
-        conn.idle_since = self._loop.time()
+        conn.idle_since = self.loop.time()
         self.idle.append(conn)
 
     def lost(self, conn: UpstreamConnection) -> None:
