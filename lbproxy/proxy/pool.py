@@ -210,7 +210,7 @@ class UpstreamConnection(HeadCollector, asyncio.Protocol):
             # its own single 100 Continue. HTTP/1.0 clients get none (same section).
             ex = self.ex
             if status != 100 and ex is not None and ex.minor == 1:
-                self._out.append(interim_head(status, self._headers))
+                self._out.append(interim_head(status, self.headers))
             self._interim = True
             self.headers = []
             self.header_bytes = 0
