@@ -28,7 +28,8 @@ from blackbox import (
 
 pytestmark = pytest.mark.timeout(90)
 
-# CONTRACT.md "Configuration": this minimal file must work as written.
+# CONTRACT.md "Configuration": this minimal file must work as written, comments included
+# (tests/test_config.py keeps a comment-free copy for decoding tests).
 CONTRACT_TOML = """\
 [listener]
 bind = "127.0.0.1:8080"

@@ -459,3 +459,40 @@ async def test_many_concurrent_aiohttp_requests_all_succeed(proxy) -> None:
         targets = await asyncio.wait_for(
             asyncio.gather(*(one(s, i) for i in range(300))), 30)
     assert targets == [f"/echo/c/{i}" for i in range(300)]
+
+
+def test_set_cookie_fields_stay_separate(proxy) -> None:
+    # RFC 9110 §5.3: Set-Cookie cannot be combined into one field line.
+    _raw, first, _ = raw_then_next(proxy, "set-cookies")
+    assert first is not None
+    assert [v for n, v in first.headers if n.lower() == "set-cookie"] == ["a=1; Path=/",
+                                                                          "b=2, c"]
+
+
+def test_obs_text_in_a_response_value_is_relayed_unchanged(proxy) -> None:
+    _raw, first, _ = raw_then_next(proxy, "obs-text")
+    assert first is not None and first.header("x-latin") == "caf\xe9"
+
+
+def test_nul_in_a_response_header_is_502(proxy) -> None:
+    reply = exchange(proxy.port, b"GET /raw/nul-in-header HTTP/1.1\r\n" + H + b"\r\n")
+    assert reply.first.status == 502 and reply.first.header("x-lbproxy-error")
+    assert b"a\x00b" not in reply.raw
+
+
+def test_repeated_request_fields_are_forwarded_in_order(proxy) -> None:
+    doc = echo(proxy, b"X-A: 1\r\nX-B: x\r\nX-A: 2\r\n")
+    assert seen(doc, "x-a") == ["1", "2"]
+
+
+def test_sixty_pipelined_requests_are_all_answered_in_order(proxy) -> None:
+    reqs = b"".join(b"GET /echo/pp/%d HTTP/1.1\r\n" % i + H + b"\r\n" for i in range(60))
+    reply = exchange(proxy.port, reqs + b"GET /echo/pp/end HTTP/1.1\r\n" + H
+                     + b"Connection: close\r\n\r\n", wait=10)
+    targets = [json.loads(r.body)["target"] for r in reply.responses()]
+    assert targets == [f"/echo/pp/{i}" for i in range(60)] + ["/echo/pp/end"]
+
+
+def test_a_large_header_within_the_limits_is_forwarded(proxy) -> None:
+    doc = echo(proxy, b"X-Big: " + b"b" * 15000 + b"\r\n")
+    assert seen(doc, "x-big") == ["b" * 15000]
