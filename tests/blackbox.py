@@ -44,9 +44,14 @@ def closed_port() -> int:
     return free_port()
 
 
+def _block(seed: str) -> bytes:
+    return hashlib.shake_256(seed.encode()).digest(65536)
+
+
 def pattern(n: int, seed: str = "x") -> bytes:
-    """`n` deterministic bytes (so a test can check a body without keeping it)."""
-    block = hashlib.shake_256(seed.encode()).digest(65536)
+    """`n` deterministic bytes: a 64 KiB block of `seed` repeated (so a backend can stream
+    it without holding it, and a test can check a body without keeping a copy)."""
+    block = _block(seed)
     return (block * (n // len(block) + 1))[:n]
 
 
@@ -184,7 +189,7 @@ class Backend:
             lower = {n.lower(): v for n, v in headers}
             chunked = lower.get("transfer-encoding", "").lower() == "chunked"
             body = b""
-            if target.startswith("/early"):
+            if target.startswith(("/early", "/stall")):
                 pass  # answered before its body is read (the body stays unread)
             elif chunked:
                 parts = []
@@ -282,22 +287,18 @@ async def respond(backend: Backend, req: Request, w: asyncio.StreamWriter) -> bo
     kind = parts[0] if parts else ""
     arg = parts[1] if len(parts) > 1 else ""
     head_only = req.method == "HEAD"
-    if kind == "bytes":  # /bytes/N[?chunked]: N deterministic bytes
-        body = pattern(int(arg), arg)
-        if "chunked" in query:
-            w.write(reply(200, [("Transfer-Encoding", "chunked")], length=False))
-            if not head_only:
-                for i in range(0, len(body), 65536):
-                    piece = body[i : i + 65536]
-                    w.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-                    await w.drain()
+    if kind == "bytes":  # /bytes/N[?chunked]: pattern(N, "N"), streamed block by block
+        size, chunked = int(arg), "chunked" in query
+        framing = ("Transfer-Encoding", "chunked") if chunked else ("Content-Length", arg)
+        w.write(reply(200, [framing], length=False))
+        if not head_only:
+            block = _block(arg)
+            for i in range(0, size, len(block)):
+                piece = block[: size - i]
+                w.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                await w.drain()
+            if chunked:
                 w.write(b"0\r\n\r\n")
-        else:
-            w.write(reply(200, [("Content-Length", str(len(body)))], length=False))
-            if not head_only:
-                for i in range(0, len(body), 1 << 20):
-                    w.write(body[i : i + (1 << 20)])
-                    await w.drain()
     elif kind == "status":  # /status/N: that status, a body unless it cannot have one
         status = int(arg)
         if status in (204, 304):
@@ -313,7 +314,7 @@ async def respond(backend: Backend, req: Request, w: asyncio.StreamWriter) -> bo
             w.write(reply(206, [("Content-Range", f"bytes {a}-{b}/1000")], full[a : b + 1]))
         else:
             w.write(reply(200, [("Accept-Ranges", "bytes")], full))
-    elif kind == "never":  # read the request, never answer
+    elif kind in ("never", "stall"):  # never answer (/stall: nor read the body)
         await asyncio.sleep(3600)
     elif kind == "slow":  # /slow/SECONDS then echo
         await asyncio.sleep(float(arg))
@@ -661,6 +662,14 @@ def exchange(port: int, data: bytes | list[bytes], *, wait: float = 3.0,
                 break
             got += chunk
         return Reply(bytes(got), closed)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def wait_until(cond: Callable[[], bool], timeout: float = 3.0) -> bool:
