@@ -413,3 +413,51 @@ def test_oversized_upload_from_http_client_gets_the_413(proxy, backends) -> None
         resp.read()
     finally:
         conn.close()
+
+
+def request_line(total: int) -> bytes:
+    """A GET request line (without CRLF) exactly `total` bytes long."""
+    return b"GET /echo/" + b"a" * (total - len(b"GET /echo/ HTTP/1.1")) + b" HTTP/1.1"
+
+
+@pytest.mark.parametrize(("total", "status"), [(4096, 200), (4097, 414)])
+def test_request_line_limit_is_exact(proxy, total, status) -> None:
+    line = request_line(total)
+    assert len(line) == total
+    reply = exchange(proxy.port, line + b"\r\n" + H + b"Connection: close\r\n\r\n")
+    assert reply.first.status == status
+
+
+@pytest.mark.parametrize(("fields", "status"), [(50, 200), (51, 431)])
+def test_header_count_limit_is_exact(proxy, fields, status) -> None:
+    # max_headers = 50 counts every field line, Host and Connection included.
+    extra = b"".join(b"X-%d: v\r\n" % i for i in range(fields - 2))
+    reply = exchange(proxy.port, b"GET /echo HTTP/1.1\r\n" + H + extra
+                     + b"Connection: close\r\n\r\n")
+    assert reply.first.status == status
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_request_hidden_in_a_body_stays_body(proxy, backends, framing) -> None:
+    # Smuggling-shaped payloads are opaque bytes: the backend sees one request.
+    inner = b"GET /smuggled HTTP/1.1\r\nHost: example.test\r\n\r\n"
+    if framing == "chunked":
+        head = b"Transfer-Encoding: chunked\r\n"
+        body = b"0\r\n\r\n" + inner
+        wire = b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+    else:
+        head, body = b"Content-Length: %d\r\n" % len(inner), inner
+        wire = inner
+    reply = exchange(proxy.port, b"POST /echo/outer HTTP/1.1\r\n" + H + head
+                     + b"Connection: close\r\n\r\n" + wire)
+    assert len(reply.responses()) == 1 and reply.first.status == 200
+    got = [r for r in backends["main"].requests() if r.target in ("/echo/outer", "/smuggled")]
+    assert got[-1].target == "/echo/outer" and got[-1].body == body
+    assert not [r for r in got if r.target == "/smuggled"]
+
+
+def test_expect_100_continue_to_a_dead_backend_gets_502_and_no_100(proxy) -> None:
+    out = curl("-v", "-H", "Expect: 100-continue", "--data-binary", "@-",
+               f"{proxy.url}/dead", data=b"e" * 5000)
+    assert b"< HTTP/1.1 502" in out.stderr, out.stderr
+    assert b"< HTTP/1.1 100" not in out.stderr
