@@ -141,7 +141,12 @@ class UpstreamConnection(HeadCollector, asyncio.Protocol):
         except httptools.HttpParserError:
             if out:
                 self._flush()
-            if self.client is not None:  # not already handled inside a callback
+            if self._done and self.client is not None:
+                # The response was complete; what followed it answers nothing: relay the
+                # complete response, never the rest, and never reuse this connection.
+                self._reusable = False
+                self._complete()
+            elif self.client is not None:  # not already handled inside a callback
                 self._fail_malformed()
             return
         if out:
@@ -200,6 +205,11 @@ class UpstreamConnection(HeadCollector, asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         """Validate and rewrite the response head, then send it to the client."""
+        if self._done:
+            # A second response in the same read: one request gets one response, or a
+            # pipelining client would take it as the answer to its next request
+            # (response splitting, RFC 9112 §9.3.2).
+            raise _BadResponse("bytes after a complete response")
         parser = self._parser
         status = parser.get_status_code()
         if status < 200:
