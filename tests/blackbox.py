@@ -266,6 +266,8 @@ RAW_RESPONSES: dict[str, bytes] = {
     "trailers": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"
     b"5\r\nhello\r\n0\r\nX-Sum: 1\r\n\r\n",
     "extra-bytes": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloEXTRA-BYTES-SMUGGLED",
+    "two-responses": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    b"HTTP/1.1 200 OK\r\nX-Smuggled: yes\r\nContent-Length: 8\r\n\r\nSMUGGLED",
     "head-chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
     "http10-close": b"HTTP/1.0 200 OK\r\n\r\nten",
     "304-with-length": b"HTTP/1.1 304 Not Modified\r\nContent-Length: 1234\r\nETag: \"x\"\r\n\r\n",
