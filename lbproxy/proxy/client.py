@@ -177,6 +177,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         self._reject: ProxyError | None = None
         self._pending_error: ProxyError | None = None  # answer after the active exchange
         self._no_more = False  # nothing after the active exchange (upgrade, parse error)
+        self._close_asked = False  # a request said "close" (or was HTTP/1.0 without keep-alive)
         self._closing = False
         self._pause_bits = 0
         self.writing_paused = False
@@ -228,6 +229,14 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
             return
         except httptools.HttpParserError as exc:
             if self._closing:
+                return
+            if self._close_asked and self._parsing is None and not self.in_head:
+                # RFC 9112 §9.6: nothing after a request with "close" is processed; llhttp
+                # stops at such bytes, which are ignored (not answered with a 400).
+                self._no_more = True
+                self._pause(P_STOP)
+                if self._active is None:
+                    self._close()
                 return
             err = self._reject
             self._reject = None
@@ -367,6 +376,8 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
             raise _Reject("invalid request head")
         ex = Exchange(self, self._snap, method, minor, self.headers, analysed)
         self._parsing = ex
+        if not ex.keep_alive:
+            self._close_asked = True
         if self.deadline_kind == K_HEAD:
             self.deadline = _INF  # the head is complete; the body (if any) has its own clock
             self.deadline_kind = K_NONE
