@@ -504,3 +504,15 @@ def test_sixty_pipelined_requests_are_all_answered_in_order(proxy) -> None:
 def test_a_large_header_within_the_limits_is_forwarded(proxy) -> None:
     doc = echo(proxy, b"X-Big: " + b"b" * 15000 + b"\r\n")
     assert seen(doc, "x-big") == ["b" * 15000]
+
+
+def test_nothing_after_connection_close_is_processed(proxy, backends) -> None:
+    # RFC 9112 §9.6: after a request with "close", no further request is processed.
+    tag = uuid.uuid4().hex.encode()
+    reply = exchange(proxy.port, b"GET /echo/closing HTTP/1.1\r\n" + H + b"Connection: close"
+                     b"\r\n\r\nGET /echo/ignored-" + tag + b" HTTP/1.1\r\n" + H + b"\r\n")
+    (only,) = reply.responses()
+    assert json.loads(only.body)["target"] == "/echo/closing"
+    assert "close" in only.tokens("connection") and reply.closed
+    time.sleep(0.1)
+    assert not any(tag in bytes(c.raw) for c in backends["main"].conns)
