@@ -461,3 +461,23 @@ def test_expect_100_continue_to_a_dead_backend_gets_502_and_no_100(proxy) -> Non
                f"{proxy.url}/dead", data=b"e" * 5000)
     assert b"< HTTP/1.1 502" in out.stderr, out.stderr
     assert b"< HTTP/1.1 100" not in out.stderr
+
+
+def test_a_slow_but_steady_body_is_not_timed_out(proxy, backends) -> None:
+    # client_body_idle (1 s) bounds the gap between body bytes, not the whole upload.
+    pieces = [b"POST /echo/steady HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n"
+              b"Connection: close\r\n\r\n"]
+    pieces += [b"4\r\nslow\r\n"] * 5 + [b"0\r\n\r\n"]
+    reply = exchange(proxy.port, pieces, pause=0.4, wait=5)
+    assert reply.first.status == 200
+    assert backends["main"].requests()[-1].body == b"slow" * 5
+
+
+def test_keep_alive_idle_longer_than_the_head_timeout_is_not_a_408(proxy) -> None:
+    # The request_headers clock (1 s) starts with a request's first byte, not when the
+    # previous response ended (client_idle governs the wait between requests).
+    first = b"GET /echo/1 HTTP/1.1\r\n" + H + b"\r\n"
+    second = b"GET /echo/2 HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"
+    reply = exchange(proxy.port, [first, second], pause=1.6, wait=5)
+    statuses = [r.status for r in reply.responses()]
+    assert statuses == [200, 200], reply.raw
