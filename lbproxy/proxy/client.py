@@ -255,6 +255,11 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
             # The head started here and is still open: all of `data` is head (without
             # this, one oversized first segment would wait for the 408, not get its 431).
             self._head_raw = len(data)
+            if self._parser.get_http_version() in ("0.0", "0.9") and b"\n" in data.lstrip(b"\r\n"):
+                # The request line ended without a version: HTTP/0.9 ("GET /path" CRLF).
+                # llhttp would wait for header lines a 0.9 client never sends (then 408).
+                self._parse_failed(errors.VERSION_NOT_SUPPORTED)
+                return
         if self.in_head and self._head_raw > self._head_limit:
             # One header line (or the head) keeps growing past every limit: 431 without
             # waiting for its end (httptools buffers a field until it is complete).
