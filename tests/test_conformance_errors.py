@@ -481,3 +481,17 @@ def test_keep_alive_idle_longer_than_the_head_timeout_is_not_a_408(proxy) -> Non
     reply = exchange(proxy.port, [first, second], pause=1.6, wait=5)
     statuses = [r.status for r in reply.responses()]
     assert statuses == [200, 200], reply.raw
+
+
+@pytest.mark.parametrize("raw", [b"GET /echo\r\n", b"GET /echo\n", b"\r\nGET /echo\r\n",
+                                 b"GET /echo\r\nHost: example.test\r\n"])
+def test_http09_request_is_rejected_at_once(proxy, backends, raw) -> None:
+    # An HTTP/0.9 client sends one line and waits: it must get an answer and a close now,
+    # not after the request_headers timeout (1 s here).
+    before = settled_bytes(backends)
+    start = time.monotonic()
+    reply = exchange(proxy.port, raw, wait=3)
+    assert time.monotonic() - start < 0.8, "the 0.9 request waited for the head timeout"
+    assert reply.first.status in (400, 505)
+    assert_proxy_error(reply, reply.first.status)
+    assert backends.total_bytes() == before
