@@ -268,6 +268,8 @@ RAW_RESPONSES: dict[str, bytes] = {
     "extra-bytes": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloEXTRA-BYTES-SMUGGLED",
     "two-responses": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
     b"HTTP/1.1 200 OK\r\nX-Smuggled: yes\r\nContent-Length: 8\r\n\r\nSMUGGLED",
+    "conn-close": b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+    "via": b"HTTP/1.1 200 OK\r\nVia: 1.1 origin-cache\r\nContent-Length: 2\r\n\r\nok",
     "head-chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
     "http10-close": b"HTTP/1.0 200 OK\r\n\r\nten",
     "304-with-length": b"HTTP/1.1 304 Not Modified\r\nContent-Length: 1234\r\nETag: \"x\"\r\n\r\n",
@@ -279,7 +281,7 @@ RAW_RESPONSES: dict[str, bytes] = {
     b"Content-Length: 0\r\n\r\n",
 }
 
-CLOSE_DELIMITED = frozenset({"close-delimited", "http10-close"})
+CLOSE_DELIMITED = frozenset({"close-delimited", "http10-close", "conn-close"})
 
 
 async def respond(backend: Backend, req: Request, w: asyncio.StreamWriter) -> bool:

@@ -516,3 +516,23 @@ def test_nothing_after_connection_close_is_processed(proxy, backends) -> None:
     assert "close" in only.tokens("connection") and reply.closed
     time.sleep(0.1)
     assert not any(tag in bytes(c.raw) for c in backends["main"].conns)
+
+
+def test_backend_connection_close_does_not_close_the_client(proxy) -> None:
+    # Connection is hop-by-hop (RFC 9110 §7.6.1): the backend closing its connection
+    # says nothing about the client's.
+    _raw, first, nxt = raw_then_next(proxy, "conn-close")
+    assert first is not None and first.body == b"ok"
+    assert "close" not in first.tokens("connection")
+    assert nxt is not None and json.loads(nxt.body)["target"] == "/echo/next"
+
+
+def test_response_via_is_appended(proxy) -> None:
+    _raw, first, _ = raw_then_next(proxy, "via")
+    assert first is not None and first.header("via") == "1.1 origin-cache, 1.1 lbproxy"
+
+
+@pytest.mark.parametrize("target", [b"/echo?", b"/echo/%2e%2e/x?a=%20&b", b"/echo/a;b,c@d:e",
+                                    b"/echo/%00"])
+def test_request_target_is_forwarded_byte_for_byte(proxy, target) -> None:
+    assert echo(proxy, target=target)["target"] == target.decode()
