@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import http.client
+import io
 import json
 import socket
 import time
@@ -536,3 +537,38 @@ def test_response_via_is_appended(proxy) -> None:
                                     b"/echo/%00"])
 def test_request_target_is_forwarded_byte_for_byte(proxy, target) -> None:
     assert echo(proxy, target=target)["target"] == target.decode()
+
+
+def test_upstream_connections_are_reused_across_client_connections(proxy, backends) -> None:
+    conns = {echo(proxy, target=b"/echo/across/%d" % i)["conn"] for i in range(4)}
+    assert len(conns) == 1, "each client connection opened a new upstream connection"
+
+
+async def test_aiohttp_expect_100_and_streamed_chunked_upload(proxy) -> None:
+    body = pattern(2 << 20, "aiohttp-up")
+
+    async def pieces():  # type: ignore[no-untyped-def]
+        for i in range(0, len(body), 100_000):
+            yield body[i : i + 100_000]
+
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{proxy.url}/echo/a100", data=io.BytesIO(body),
+                          expect100=True) as r:
+            doc = await r.json()
+            assert r.status == 200 and doc["body_len"] == len(body)
+        async with s.put(f"{proxy.url}/echo/achunked", data=pieces()) as r:
+            doc = await r.json()
+    assert doc["chunked"] and doc["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_http_client_chunked_upload(proxy) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    try:
+        conn.request("POST", "/echo/hc", body=iter([b"abc", b"", b"defg"]),
+                     encode_chunked=True, headers={"Transfer-Encoding": "chunked"})
+        resp = conn.getresponse()
+        doc = json.loads(resp.read())
+    finally:
+        conn.close()
+    assert doc["chunked"] and doc["body_len"] == 7
+    assert doc["body_sha256"] == hashlib.sha256(b"abcdefg").hexdigest()
