@@ -495,3 +495,19 @@ def test_http09_request_is_rejected_at_once(proxy, backends, raw) -> None:
     assert reply.first.status in (400, 505)
     assert_proxy_error(reply, reply.first.status)
     assert backends.total_bytes() == before
+
+
+@pytest.mark.parametrize("framing", [b"Content-Length: 5\r\n\r\nq404q",
+                                     b"Transfer-Encoding: chunked\r\n\r\n5\r\nq404q\r\n0\r\n\r\n"])
+def test_no_route_with_a_body_then_a_pipelined_request(proxy, backends, framing) -> None:
+    # The 404's body is read and dropped, never parsed as a request nor forwarded.
+    reply = exchange(proxy.port, b"POST /nothing-here HTTP/1.1\r\n" + H + framing
+                     + b"GET /echo/after-404 HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+    statuses = [r.status for r in reply.responses()]
+    assert statuses[0] == 404
+    if len(statuses) == 2:
+        assert statuses[1] == 200
+        assert backends["main"].requests()[-1].target == "/echo/after-404"
+    else:
+        assert statuses == [404] and reply.closed
+    assert not any(b"q404q" in bytes(c.raw) for c in backends["main"].conns)
