@@ -233,14 +233,21 @@ def test_run_serves_the_contract_minimal_file(tmp_path, backends, fmt) -> None:
     assert rc == 0, run.proxy.stderr()
 
 
-def test_two_workers_log_one_line_each(tmp_path, backends) -> None:
+def test_two_workers_log_one_line_each_and_agree_on_placement(tmp_path, backends) -> None:
     run = start_proxy(lambda p, a: contract_file("toml", backends, p, a),
                       tmp_path / "lbproxy.toml", workers=2)
     try:
         assert wait_until(lambda: len(LISTENING.findall(run.proxy.stderr())) >= 2, 20)
         assert wait_until(lambda: get(run.admin_port, "/ready")[0] == 200, 20)
-        for i in range(6):
-            assert get(run.port, f"/v/w/{i}.ts")[0] == 200
+        # Each worker builds its own Maglev table: a video must land on the same backend
+        # whichever worker accepts the connection (one new connection per request).
+        placement: dict[str, set[str]] = {}
+        for video in ("a", "b", "c", "d"):
+            for seg in range(6):
+                status, _, body = get(run.port, f"/v/{video}/{seg}.ts")
+                assert status == 200
+                placement.setdefault(video, set()).add(json.loads(body)["backend"])
+        assert all(len(b) == 1 for b in placement.values()), placement
     finally:
         rc = run.proxy.stop()
     assert rc == 0, run.proxy.stderr()
@@ -276,3 +283,23 @@ def test_sigterm_drains_an_in_flight_request_then_exits_0(tmp_path, backends) ->
     assert rc == 0, proxy.stderr()
     assert result and result[0][0] == 200, proxy.stderr()
     assert json.loads(result[0][2])["target"] == "/slow/1.5"
+
+
+def test_clusters_counts_an_in_flight_request(tmp_path, backends) -> None:
+    run = start_proxy(lambda p, a: contract_file("toml", backends, p, a),
+                      tmp_path / "lbproxy.toml")
+
+    def inflight() -> int:
+        doc = json.loads(get(run.admin_port, "/clusters")[2])
+        return sum(b["inflight"] for b in doc["clusters"]["segments"]["backends"])
+
+    client = threading.Thread(target=lambda: get(run.port, "/slow/1.0"))
+    try:
+        assert inflight() == 0
+        client.start()
+        assert wait_until(lambda: inflight() == 1, 0.9)
+        client.join(10)
+        assert wait_until(lambda: inflight() == 0, 2)
+    finally:
+        rc = run.proxy.stop()
+    assert rc == 0, run.proxy.stderr()
