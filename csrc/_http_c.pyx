@@ -13,6 +13,7 @@ from cpython.list cimport PyList_GET_SIZE
 
 from lbproxy.proxy._http_py import STATUS_LINES as _STATUS_LINES_DICT
 from lbproxy.proxy._http_py import new_request_id
+from lbproxy.proxy._http_py import valid_host  # once per request: not worth a C twin
 
 DEF OK = 0
 DEF E_BAD_REQUEST = 1
@@ -27,7 +28,6 @@ DEF F_EXPECT_CONTINUE = 2
 DEF F_UPGRADE = 4
 
 cdef unsigned char _ID_OK[256]
-cdef unsigned char _HOST_OK[256]
 cdef unsigned char _DIGIT[256]
 
 
@@ -40,7 +40,6 @@ cdef void _fill(unsigned char* table, bytes chars):
 
 
 _fill(_ID_OK, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
-_fill(_HOST_OK, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:[]%")
 _fill(_DIGIT, b"0123456789")
 
 cdef list _STATUS_LINES = [None] * 600
@@ -162,7 +161,7 @@ def split_target(bytes target):
         if 0 <= qmark < end:
             end = qmark
         authority = rest[:end]
-        if not authority or b"@" in authority or not _all_in(authority, _HOST_OK):
+        if not authority or not valid_host(authority):
             return None
         target = rest[end:]
         if target[:1] == b"?":
@@ -243,7 +242,7 @@ def analyse_request(bytes method, bytes target, int minor, list headers, bytes c
             upgrade = True
     if host_count > 1 or (host_count == 0 and minor == 1):
         return _BAD_REQ
-    if host and not _all_in(host, _HOST_OK):
+    if host and not valid_host(host):
         return _BAD_REQ
     if authority:
         host = authority
