@@ -144,6 +144,11 @@ BAD_400 = {
     "host-with-space": b"GET /echo HTTP/1.1\r\nHost: a b\r\n\r\n",
     "host-with-slash": b"GET /echo HTTP/1.1\r\nHost: a/b\r\n\r\n",
     "host-with-userinfo": b"GET /echo HTTP/1.1\r\nHost: u@a\r\n\r\n",
+    "host-port-not-digits": b"GET /echo HTTP/1.1\r\nHost: example.test:8x\r\n\r\n",
+    "host-two-colons": b"GET /echo HTTP/1.1\r\nHost: a:1:2\r\n\r\n",
+    "host-unclosed-ipv6": b"GET /echo HTTP/1.1\r\nHost: [::1\r\n\r\n",
+    "host-empty-brackets": b"GET /echo HTTP/1.1\r\nHost: []:80\r\n\r\n",
+    "absolute-form-bad-port": b"GET http://example.test:8x/echo HTTP/1.1\r\n" + H + b"\r\n",
     "target-no-slash": b"GET echo HTTP/1.1\r\n" + H + b"\r\n",
     "target-fragment": b"GET /echo#frag HTTP/1.1\r\n" + H + b"\r\n",
     "target-space": b"GET /ec ho HTTP/1.1\r\n" + H + b"\r\n",
@@ -511,3 +516,12 @@ def test_no_route_with_a_body_then_a_pipelined_request(proxy, backends, framing)
     else:
         assert statuses == [404] and reply.closed
     assert not any(b"q404q" in bytes(c.raw) for c in backends["main"].conns)
+
+
+@pytest.mark.parametrize("host", [b"example.test", b"example.test:8080", b"[::1]:8080",
+                                  b"192.0.2.1", b"xn--bcher-kva.example", b""])
+def test_valid_host_values_are_forwarded(proxy, backends, host) -> None:
+    reply = exchange(proxy.port, b"GET /echo/host HTTP/1.1\r\nHost: " + host
+                     + b"\r\nConnection: close\r\n\r\n")
+    assert reply.first.status == 200
+    assert backends["main"].requests()[-1].header("host") == host.decode()
