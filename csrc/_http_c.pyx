@@ -80,6 +80,11 @@ cdef class HeadCollector:
                 or PyList_GET_SIZE(self.headers) >= self.max_headers):
             self.head_too_large()
             return
+        # RFC 9110 §5.5: leading and trailing whitespace is not part of a field value;
+        # llhttp drops the leading OWS only ("Content-Length: 5 " must mean 5).
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(value)
+        if n and PyBytes_AS_STRING(value)[n - 1] in (32, 9):
+            value = value.rstrip(b" \t")
         self.headers.append((name.lower(), value))
 
     def head_too_large(self):

@@ -117,7 +117,9 @@ class HeadCollector:
         if self.header_bytes > self.max_header_bytes or len(self.headers) >= self.max_headers:
             self.head_too_large()
             return
-        self.headers.append((name.lower(), value))
+        # RFC 9110 §5.5: leading and trailing whitespace is not part of a field value;
+        # llhttp drops the leading OWS only ("Content-Length: 5 " must mean 5).
+        self.headers.append((name.lower(), value.rstrip(b" \t")))
 
     def head_too_large(self) -> None:
         """Called when a limit is passed; subclasses raise their own error."""
