@@ -13,6 +13,7 @@ import contextlib
 import http.client
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -525,3 +526,18 @@ def test_valid_host_values_are_forwarded(proxy, backends, host) -> None:
                      + b"\r\nConnection: close\r\n\r\n")
     assert reply.first.status == 200
     assert backends["main"].requests()[-1].header("host") == host.decode()
+
+
+def test_whitespace_around_field_values_is_not_part_of_them(proxy, backends) -> None:
+    # RFC 9110 §5.5: OWS around a field value is excluded from it. "Content-Length: 5 "
+    # is a valid length of 5, and no value is forwarded with its trailing whitespace.
+    tag = uuid.uuid4().hex
+    reply = exchange(proxy.port, b"POST /echo/ows-" + tag.encode() + b" HTTP/1.1\r\n" + H
+                     + b"Content-Length:  5 \t\r\nX-Padded: \t padded value  \t\r\n"
+                     b"Connection: close\r\n\r\nhello")
+    assert reply.first.status == 200, reply.raw
+    conn = next(c for c in backends["main"].conns if tag.encode() in bytes(c.raw))
+    raw = bytes(conn.raw).lower()
+    assert b"\r\nx-padded: padded value\r\n" in raw, raw
+    assert b"\r\ncontent-length: 5\r\n" in raw
+    assert conn.requests[-1].body == b"hello"
