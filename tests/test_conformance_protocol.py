@@ -283,12 +283,15 @@ def test_backend_dying_mid_chunked_body_never_sends_the_last_chunk(proxy) -> Non
     assert reply.responses() == []
 
 
-def test_client_abort_mid_upload_never_completes_the_backend_request(proxy, backends) -> None:
+@pytest.mark.parametrize("framing", [b"Content-Length: 100000\r\n\r\n" + b"a" * 5000,
+                                     b"Transfer-Encoding: chunked\r\n\r\n1388\r\n"
+                                     + b"a" * 5000 + b"\r\n"])
+def test_client_abort_mid_upload_never_completes_the_backend_request(proxy, backends,
+                                                                     framing) -> None:
     target = f"/echo/abort/{uuid.uuid4().hex}"
     main = backends["main"]
     with socket.create_connection(("127.0.0.1", proxy.port)) as s:
-        s.sendall(f"POST {target} HTTP/1.1\r\n".encode() + H
-                  + b"Content-Length: 100000\r\n\r\n" + b"a" * 5000)
+        s.sendall(f"POST {target} HTTP/1.1\r\n".encode() + H + framing)
         assert wait_until(lambda: any(target.encode() in bytes(c.raw) for c in main.conns))
     conn = next(c for c in main.conns if target.encode() in bytes(c.raw))
     assert wait_until(lambda: conn.closed), "the upstream connection stayed open"
