@@ -541,3 +541,13 @@ def test_whitespace_around_field_values_is_not_part_of_them(proxy, backends) -> 
     assert b"\r\nx-padded: padded value\r\n" in raw, raw
     assert b"\r\ncontent-length: 5\r\n" in raw
     assert conn.requests[-1].body == b"hello"
+
+
+def test_oversized_chunked_upload_from_curl_gets_the_413(proxy, backends) -> None:
+    main = backends["main"]
+    before = len(main.requests())
+    out = curl("-o", "/dev/null", "-w", "%{http_code}", "-H", "Expect:", "-H",
+               "Transfer-Encoding: chunked", "--data-binary", "@-", f"{proxy.url}/limited",
+               data=b"c" * (4 << 20))
+    assert out.stdout == b"413", out.stderr
+    assert len(main.requests()) == before, "a complete request reached the backend"
