@@ -575,3 +575,18 @@ def test_http_client_chunked_upload(proxy) -> None:
         conn.close()
     assert doc["chunked"] and doc["body_len"] == 7
     assert doc["body_sha256"] == hashlib.sha256(b"abcdefg").hexdigest()
+
+
+def test_pipelined_upload_behind_a_slow_response_is_held_then_forwarded(proxy) -> None:
+    # The second request's 1 MiB body arrives while the first is still being answered:
+    # the proxy holds a bounded amount, stops reading, and forwards it intact later.
+    body = pattern(1 << 20, "held")
+    reply = exchange(proxy.port, b"GET /slow/0.5 HTTP/1.1\r\n" + H + b"\r\n"
+                     + b"POST /echo/held HTTP/1.1\r\n" + H
+                     + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body,
+                     wait=10)
+    first, second = reply.responses()
+    assert json.loads(first.body)["target"] == "/slow/0.5"
+    doc = json.loads(second.body)
+    assert doc["target"] == "/echo/held" and doc["body_len"] == len(body)
+    assert doc["body_sha256"] == hashlib.sha256(body).hexdigest()
