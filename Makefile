@@ -47,7 +47,7 @@ test: build sysdeps
 
 
 bench: build sysdeps
-	$(PY) -m pytest bench/test_selector_bench.py --benchmark-only --benchmark-columns=min,median,mean,ops -q
+	$(PY) -m pytest bench/test_selector_bench.py bench/test_control_bench.py --benchmark-only --benchmark-columns=min,median,mean,ops -q
 	$(PY) -m bench run --all
 
 lint: venv

@@ -11,8 +11,11 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_SIZE
 
+from libc.stdint cimport uint64_t
+
+import os
+
 from lbproxy.proxy._http_py import STATUS_LINES as _STATUS_LINES_DICT
-from lbproxy.proxy._http_py import new_request_id
 from lbproxy.proxy._http_py import valid_host  # once per request: not worth a C twin
 
 DEF OK = 0
@@ -92,6 +95,45 @@ cdef class HeadCollector:
         raise ValueError("header limits exceeded")
 
 
+# Request ids: 96 bits from xoshiro256** (Blackman & Vigna 2018) seeded from os.urandom;
+# ids need to be unique and unguessable enough for tracing, not cryptographic secrets.
+cdef uint64_t _rng[4]
+_seed = os.urandom(32)
+for _i in range(4):
+    _rng[_i] = int.from_bytes(_seed[8 * _i : 8 * _i + 8], "little") | 1
+
+
+cdef inline uint64_t _rotl(uint64_t x, int k):
+    return (x << k) | (x >> (64 - k))
+
+
+cdef inline uint64_t _next64():
+    cdef uint64_t result = _rotl(_rng[1] * 5, 7) * 9
+    cdef uint64_t t = _rng[1] << 17
+    _rng[2] ^= _rng[0]
+    _rng[3] ^= _rng[1]
+    _rng[1] ^= _rng[2]
+    _rng[0] ^= _rng[3]
+    _rng[2] ^= t
+    _rng[3] = _rotl(_rng[3], 45)
+    return result
+
+
+cdef char* _HEX = b"0123456789abcdef"
+
+
+def new_request_id():
+    """A fresh random request id: 24 lowercase hex digits (96 bits)."""
+    cdef char buf[24]
+    cdef uint64_t a = _next64(), b = _next64()
+    cdef int i
+    for i in range(16):
+        buf[i] = _HEX[(a >> (60 - 4 * i)) & 15]
+    for i in range(8):
+        buf[16 + i] = _HEX[(b >> (60 - 4 * i)) & 15]
+    return buf[:24]
+
+
 cdef inline bint _all_in(bytes value, unsigned char* table):
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(value)
     cdef Py_ssize_t i, n = PyBytes_GET_SIZE(value)
@@ -146,6 +188,10 @@ cdef inline bint _is_chunked(bytes value):
 
 def split_target(bytes target):
     """(authority, path, query) of an origin- or absolute-form target; None when invalid."""
+    return _split_target(target)
+
+
+cdef object _split_target(bytes target):
     cdef bytes authority = b"", rest, lower
     cdef Py_ssize_t slash, qmark, end
     if b"#" in target:
@@ -194,7 +240,7 @@ def analyse_request(bytes method, bytes target, int minor, list headers, bytes c
             return _BAD_REQ
         authority, path, query = b"", b"*", b""
     else:
-        parts = split_target(target)
+        parts = _split_target(target)
         if parts is None:
             return _BAD_REQ
         authority, path, query = parts

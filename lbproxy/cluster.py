@@ -11,12 +11,12 @@ the data plane. Must not touch HTTP: outcomes arrive already classified.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol, final
 
-from lbproxy import selectors
+from lbproxy import latency, selectors
 from lbproxy.config import ClusterConfig, backend_of, parse_hostport
 
 
@@ -37,6 +37,7 @@ BACKEND_FAILURES = frozenset(
 )
 # The same set indexed by outcome: a tuple lookup is cheaper per request than hashing.
 _IS_FAILURE = tuple(o in BACKEND_FAILURES for o in Outcome)
+_bucket_index = latency.bucket_index  # bound once: Lease.end runs once per request
 # A failure that returns fast must not make a backend look fast to peak-EWMA P2C (the
 # "black hole" problem: an instantly failing backend attracts all traffic); its latency
 # sample is raised to at least this.
@@ -92,9 +93,9 @@ class OutcomeObserver(Protocol):
 
 @final
 class BackendCounters:
-    """Per-backend totals since the backend took its slot (read by /stats, later)."""
+    """Per-backend totals since the backend took its slot (read by /stats and /metrics)."""
 
-    __slots__ = ("by_outcome", "failures", "requests", "responses")
+    __slots__ = ("by_outcome", "failures", "latency", "latency_ns", "requests", "responses")
 
     def __init__(self) -> None:
         self.requests = 0
@@ -102,6 +103,8 @@ class BackendCounters:
         self.responses = [0, 0, 0, 0, 0, 0]
         self.failures = 0
         self.by_outcome = [0] * len(Outcome)
+        self.latency = [0] * latency.N_BUCKETS  # lbproxy/latency.py's log-linear buckets
+        self.latency_ns = 0  # sum of the samples (Prometheus histograms carry it)
 
 
 @final
@@ -130,9 +133,9 @@ class ClusterState:
             self.addresses[slot] = None
             heapq.heappush(self._free, slot)
         wanted = set(addresses)
+        self._drained &= wanted  # marks are kept for members only (and those joining now)
         for address in [a for a in self.slots if a not in wanted]:
-            slot = self.slots.pop(address)
-            self._drained.discard(address)  # a backend added again later starts active
+            slot = self.slots.pop(address)  # its drain mark went above: re-added, it is active
             self._set_bits(slot, REFUSE_REMOVED, True)
             if self.load.inflight(slot) == 0:
                 self.addresses[slot] = None
@@ -177,6 +180,19 @@ class ClusterState:
         if slot is not None:
             self._set_bits(slot, REFUSE_DRAIN, drain)
 
+    def set_drained(self, addresses: Iterable[str]) -> None:
+        """Make exactly `addresses` drained (a snapshot's drain marks, applied at build)."""
+        wanted = set(addresses)
+        for address in self._drained - wanted:
+            self.set_drain(address, False)
+        for address in wanted - self._drained:
+            self.set_drain(address, True)
+
+    @property
+    def drained(self) -> frozenset[str]:
+        """Addresses an operator drained (members, or about to be at the next build)."""
+        return frozenset(self._drained)
+
     def state_of(self, address: str) -> str:
         """``"drain"`` or ``"active"`` (the admin API's `state`)."""
         return "drain" if address in self._drained else "active"
@@ -207,12 +223,15 @@ class Lease:
             raise RuntimeError("Lease.end() called twice")
         self._state = None
         rtt = now_ns - self.started_ns
+        c = self._counters
+        # The histogram takes the real latency, before the failure penalty below.
+        c.latency[_bucket_index(rtt)] += 1
+        c.latency_ns += rtt
         if _IS_FAILURE[outcome]:
-            self._counters.failures += 1
+            c.failures += 1
             if rtt < FAILURE_PENALTY_NS:
                 rtt = FAILURE_PENALTY_NS
         state.load.finish(self.slot, rtt, now_ns)
-        c = self._counters
         c.by_outcome[outcome] += 1
         c.responses[status // 100 if 100 <= status < 600 else 0] += 1
         for observer in state.observers:

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from lbproxy._selectors_check import MAX_WEIGHT  # the selectors' bound, named once
+
 Policy = Literal["maglev", "p2c", "round_robin"]
 POLICIES: tuple[str, ...] = ("maglev", "p2c", "round_robin")
 HASH_ON_KINDS = ("path", "path_regex:", "header:", "query:", "cookie:")
@@ -180,11 +182,27 @@ def validate_backends(entries: list[str | Backend], path: str) -> list[tuple[str
             parse_hostport(b.address)
         except ValueError as exc:
             errors.append((where if isinstance(entry, str) else f"{where}.address", str(exc)))
-        if b.weight < 1:
-            errors.append((f"{where}.weight", f"must be >= 1, got {b.weight}"))
+        if not 1 <= b.weight <= MAX_WEIGHT:
+            errors.append((f"{where}.weight", f"must be 1-{MAX_WEIGHT}, got {b.weight}"))
         if b.address in seen:
             errors.append((where, f"duplicate address {b.address!r} (also at [{seen[b.address]}])"))
         seen.setdefault(b.address, i)
+    return errors
+
+
+def validate_cluster(cl: ClusterConfig, base: str) -> list[tuple[str, str]]:
+    """Errors in one cluster (config load and the admin API); paths start at `base`."""
+    def at(name: str) -> str:
+        return f"{base}.{name}" if base else name
+
+    errors = validate_backends(cl.backends, at("backends"))
+    if cl.policy == "maglev":
+        if not _is_prime(cl.table_size):
+            errors.append((at("table_size"), f"must be prime, got {cl.table_size}"))
+        elif cl.table_size < len(cl.backends):
+            errors.append((at("table_size"), "must be >= the number of backends"))
+    if cl.balance_factor != 0 and cl.balance_factor < 1:
+        errors.append((at("balance_factor"), "must be >= 1 (or 0 to disable)"))
     return errors
 
 
@@ -251,15 +269,7 @@ def validate(cfg: Config) -> list[tuple[str, str]]:
     if not cfg.clusters:
         errors.append(("clusters", "must define at least one cluster"))
     for cname, cl in cfg.clusters.items():
-        base = f"clusters.{cname}"
-        errors += validate_backends(cl.backends, f"{base}.backends")
-        if cl.policy == "maglev":
-            if not _is_prime(cl.table_size):
-                errors.append((f"{base}.table_size", f"must be prime, got {cl.table_size}"))
-            elif cl.table_size < len(cl.backends):
-                errors.append((f"{base}.table_size", "must be >= the number of backends"))
-        if cl.balance_factor != 0 and cl.balance_factor < 1:
-            errors.append((f"{base}.balance_factor", "must be >= 1 (or 0 to disable)"))
+        errors += validate_cluster(cl, f"clusters.{cname}")
     if not cfg.routes:
         errors.append(("routes", "must define at least one route"))
     for i, rt in enumerate(cfg.routes):
@@ -390,3 +400,12 @@ def load(path: str | Path) -> Config:
     except Exception as exc:  # every parser has its own error type
         raise ConfigError([("", f"{p}: not valid {suffix.lstrip('.') or 'toml'}: {exc}")]) from None
     return from_dict(data)
+
+
+def restart_required(old: Config, new: Config) -> list[tuple[str, str]]:
+    """What differs between two configs that a running process cannot apply (sockets)."""
+    return [
+        (name, f"changing {name} needs a restart")
+        for name in ("listener", "admin")
+        if getattr(old, name) != getattr(new, name)
+    ]

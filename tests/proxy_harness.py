@@ -347,6 +347,7 @@ class _RespParser:
             self.interim.append(status)
             return
         self.ready.append(self.current(True))
+        self._begin()  # at EOF before another head, `current` reports no response (0)
 
     def current(self, complete: bool) -> Response:
         status = self.parser.get_status_code() if self.head_done else 0

@@ -128,7 +128,7 @@ def test_check_reads_yaml_and_json_by_extension(tmp_path, suffix):
     p.write_text(json.dumps(data))  # JSON is YAML too
     r = _lbproxy("check", "-c", str(p))
     assert r.returncode == 1
-    assert "error: clusters.a.backends[1].weight: must be >= 1" in r.stderr
+    assert "error: clusters.a.backends[1].weight: must be 1-2147483647, got -1" in r.stderr
 
 
 async def test_contract_minimal_file_runs_as_written(tmp_path):

@@ -367,3 +367,29 @@ async def test_slow_backend_is_not_a_slow_client() -> None:
         assert await c.closed(2) and c.buffer == b""  # then idle-closed, no 408 after it
         c.close()
         assert outcomes(proxy) == {Outcome.OK: 1}
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["same_read", "later_read"])
+@on_uvloop
+async def test_bytes_after_a_length_framed_body_drop_the_connection(split: bool) -> None:
+    async def handler(b: Backend, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        await b.read(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
+        await writer.drain()
+        if split:
+            await asyncio.sleep(0.05)  # the rest arrives in a later read (raw relay path)
+        writer.write(b"56789EXTRA")
+        await writer.drain()
+        await reader.read()
+
+    backend = Backend(handler=handler)
+    async with running(backend) as proxy:
+        c = await Client.connect(proxy.port)
+        await c.send(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+        resp = await c.response()
+        assert resp.status == 200 and resp.body == b"0123456789" and resp.complete
+        await c.send(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+        assert (await c.response()).body == b"0123456789"
+        c.close()
+    assert backend.connections == 2  # the out-of-step connection was not reused

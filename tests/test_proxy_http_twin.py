@@ -159,3 +159,9 @@ def test_head_collector_agrees(fields: list[tuple[bytes, bytes]], max_bytes: int
         return c.headers, c.header_bytes, stopped
 
     assert collect(_http_py) == collect(load("native"))
+
+
+def test_fresh_request_ids_are_24_hex_and_distinct(impl: ModuleType) -> None:
+    ids = {impl.new_request_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    assert all(len(i) == 24 and set(i) <= set(b"0123456789abcdef") for i in ids)

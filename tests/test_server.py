@@ -46,19 +46,6 @@ def _write(tmp_path, text, name="c.toml"):
 
 
 @pytest.fixture
-async def origins():
-    """Three demo segment origins; yields their addresses."""
-    runners, addresses = [], []
-    for i in range(3):
-        runner, port = await demo.start_segment_origin("127.0.0.1", 0, f"origin-{i + 1}")
-        runners.append(runner)
-        addresses.append(f"127.0.0.1:{port}")
-    yield addresses
-    for runner in runners:
-        await runner.cleanup()
-
-
-@pytest.fixture
 async def held_origin():
     """An origin whose answers wait until the test sets `release`; yields (address, ...)."""
     release = asyncio.Event()

@@ -50,8 +50,11 @@ CRLF = b"\r\n"
 # Body bytes held for an exchange that has no upstream connection yet (connecting, or a
 # pipelined request waiting its turn) before the client is paused.
 BUFFER_LIMIT = 256 * 1024
-# Pipelined requests parsed ahead of the one being answered before reading pauses.
+# Pipelined requests parsed ahead of the one being answered before reading pauses, and
+# the slice in which bytes arriving behind an active request are parsed, so a read full of
+# tiny pipelined requests is not parsed (and queued) all at once.
 PIPELINE_LIMIT = 16
+PIPELINE_SLICE = 4096
 # RFC 9110 §9.2.2: only idempotent requests may be retried after a connection failure.
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
@@ -158,6 +161,39 @@ class Exchange:
 class ClientConnection(HeadCollector, asyncio.Protocol):
     """One client connection: parse, validate, route, relay; keep-alive and pipelining."""
 
+    __slots__ = (
+        "_active",
+        "_begun",
+        "_client_ip",
+        "_close_asked",
+        "_closing",
+        "_head_limit",
+        "_head_raw",
+        "_held",
+        "_loop",
+        "_no_more",
+        "_parser",
+        "_parsing",
+        "_pause_bits",
+        "_pending_error",
+        "_plane",
+        "_proto",
+        "_queue",
+        "_raw_left",
+        "_reject",
+        "_saved_deadline",
+        "_saved_kind",
+        "_snap",
+        "_url",
+        "deadline",
+        "deadline_kind",
+        "transport",
+        "up_deadline",
+        "up_kind",
+        "up_last",
+        "writing_paused",
+    )
+
     def __init__(self, plane: DataPlane) -> None:
         super().__init__()
         self._plane = plane
@@ -169,11 +205,13 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         self._snap: Snapshot = plane.snapshot
         self._url = b""
         self._head_raw = 0
-        self._begun = 0  # requests begun during the current data_received
+        self._begun = 0  # requests begun during the current _feed
         self._head_limit = 0
         self._parsing: Exchange | None = None  # the request whose body is being parsed
         self._active: Exchange | None = None  # the request being answered
         self._queue: deque[Exchange] = deque()  # pipelined requests waiting their turn
+        self._held = b""  # unparsed pipelined bytes, once the queue is full
+        self._raw_left = 0  # > 0: Content-Length body bytes relayed without the parser
         self._reject: ProxyError | None = None
         self._pending_error: ProxyError | None = None  # answer after the active exchange
         self._no_more = False  # nothing after the active exchange (upgrade, parse error)
@@ -211,10 +249,59 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         """Feed the request parser (all the work happens in its callbacks)."""
         if self._closing:
             return
+        if self._raw_left:
+            data = self._relay_raw(data)
+            if not data:
+                return
+        # the common case is one request per read: parsed in one go
+        ok = self._feed(data) if len(data) <= PIPELINE_SLICE else self._feed_sliced(data)
+        ex = self._parsing
+        if ok and ex is not None and ex.framing == FRAME_LENGTH and ex is self._active:
+            # The rest of this request is a Content-Length body (RFC 9112 §6.2): relay the
+            # next reads as they are, without the parser's copy and callbacks per read.
+            self._raw_left = ex.content_length - ex.body_received
+
+    def _relay_raw(self, data: bytes) -> bytes:
+        """Pass Content-Length body bytes on; returns what follows the body, if anything."""
+        left = self._raw_left
+        n = len(data)
+        try:
+            if n < left:
+                self._raw_left = left - n
+                self.on_body(data)
+                return b""
+            self._raw_left = 0
+            self.on_body(data[:left] if n > left else data)
+        except _Reject:
+            return b""  # over the route's limit: already answered and closing
+        # The parser still expects those bytes: a fresh one reads whatever comes next.
+        self._parser = httptools.HttpRequestParser(self)
+        self.on_message_complete()
+        return b"" if self._closing else data[left:]
+
+    def _feed_sliced(self, data: bytes) -> bool:
+        """Parse pipelined bytes a slice at a time, holding the rest once the queue is full."""
+        while data:
+            if len(self._queue) >= PIPELINE_LIMIT:
+                # Read-ahead stops here: what is left waits unparsed until the queue drains.
+                self._held = data
+                self._pause(P_PIPELINE)
+                return False
+            ex = self._parsing
+            if ex is not None and ex is self._active:
+                piece, data = data, b""  # the active request's own body streams whole
+            else:
+                piece, data = data[:PIPELINE_SLICE], data[PIPELINE_SLICE:]
+            if not self._feed(piece) or self._closing:
+                return False
+        return True
+
+    def _feed(self, data: bytes) -> bool:
+        """Parse `data`; False when parsing stopped for good on this connection."""
         was_in_head = self.in_head
         if was_in_head:
             self._head_raw += len(data)
-        # Between requests, a request that begins in this segment begins at its first byte.
+        # Between requests, a request that begins in this piece begins at its first byte.
         at_boundary = not was_in_head and self._parsing is None
         self._begun = 0
         try:
@@ -226,10 +313,10 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
             self._pause(P_STOP)
             if self._active is None:
                 self._close()
-            return
+            return False
         except httptools.HttpParserError as exc:
             if self._closing:
-                return
+                return False
             if self._close_asked and self._parsing is None and not self.in_head:
                 # RFC 9112 §9.6: nothing after a request with "close" is processed; llhttp
                 # stops at such bytes, which are ignored (not answered with a 400).
@@ -237,7 +324,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
                 self._pause(P_STOP)
                 if self._active is None:
                     self._close()
-                return
+                return False
             err = self._reject
             self._reject = None
             if err is None:
@@ -250,7 +337,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
                     else errors.BAD_REQUEST
                 )
             self._parse_failed(err)
-            return
+            return False
         if self.in_head and not was_in_head and at_boundary and self._begun == 1:
             # The head started here and is still open: all of `data` is head (without
             # this, one oversized first segment would wait for the 408, not get its 431).
@@ -259,11 +346,13 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
                 # The request line ended without a version: HTTP/0.9 ("GET /path" CRLF).
                 # llhttp would wait for header lines a 0.9 client never sends (then 408).
                 self._parse_failed(errors.VERSION_NOT_SUPPORTED)
-                return
+                return False
         if self.in_head and self._head_raw > self._head_limit:
             # One header line (or the head) keeps growing past every limit: 431 without
             # waiting for its end (httptools buffers a field until it is complete).
             self._parse_failed(errors.HEADERS_TOO_LARGE)
+            return False
+        return True
 
     def eof_received(self) -> bool:
         """The client half-closed: answer a complete request, abandon an incomplete one."""
@@ -629,9 +718,13 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         queue = self._queue
         if queue:
             ex = queue.popleft()
-            if self._pause_bits & P_PIPELINE and len(queue) < PIPELINE_LIMIT // 2:
-                self._resume(P_PIPELINE)
             self._start(ex)
+            if self._pause_bits & P_PIPELINE and len(queue) < PIPELINE_LIMIT // 2:
+                held = self._held
+                self._held = b""
+                self._resume(P_PIPELINE)
+                if held and not self._closing:
+                    self._feed_sliced(held)
             return
         if self.in_head or self._parsing is not None:
             return  # the next request is arriving; its own clocks run

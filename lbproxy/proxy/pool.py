@@ -19,6 +19,7 @@ import httptools
 from lbproxy.proxy.http import (
     FRAME_CHUNKED,
     FRAME_CLOSE,
+    FRAME_LENGTH,
     OK,
     HeadCollector,
     analyse_response,
@@ -46,8 +47,10 @@ class UpstreamConnection(HeadCollector, asyncio.Protocol):
         "_chunked_out",
         "_done",
         "_interim",
+        "_length_left",
         "_out",
         "_parser",
+        "_raw_left",
         "_reusable",
         "_time",
         "client",
@@ -75,6 +78,8 @@ class UpstreamConnection(HeadCollector, asyncio.Protocol):
         self._done = False
         self._reusable = False
         self._chunked_out = False
+        self._length_left = 0  # Content-Length body bytes still to come
+        self._raw_left = 0  # > 0: relaying those bytes without the parser
         # Bytes for the client produced while parsing one read: written with one writev,
         # so a small response (head + body in one segment) costs one send().
         self._out: list[bytes] = []
@@ -99,6 +104,8 @@ class UpstreamConnection(HeadCollector, asyncio.Protocol):
         self.in_head = True
         self._interim = False
         self._done = False
+        self._length_left = 0
+        self._raw_left = 0
         self.started = False
         self.got_bytes = False
         self.request_sent = ex.body_done
@@ -135,6 +142,10 @@ class UpstreamConnection(HeadCollector, asyncio.Protocol):
             return
         self.got_bytes = True
         client.up_last = self._time()
+        left = self._raw_left
+        if left:
+            self._relay_raw(client, data, left)
+            return
         out = self._out
         try:
             self._parser.feed_data(data)
@@ -142,8 +153,8 @@ class UpstreamConnection(HeadCollector, asyncio.Protocol):
             if out:
                 self._flush()
             if self._done and self.client is not None:
-                # The response was complete; what followed it answers nothing: relay the
-                # complete response, never the rest, and never reuse this connection.
+                # Junk after a complete response (RFC 9112 §9.3.2): the response stands,
+                # the connection is out of step and is dropped.
                 self._reusable = False
                 self._complete()
             elif self.client is not None:  # not already handled inside a callback
@@ -153,6 +164,30 @@ class UpstreamConnection(HeadCollector, asyncio.Protocol):
             self._flush()
         if self._done:
             self._complete()
+        elif self._length_left > 0 and not self._raw_left:
+            # The head is parsed and the rest is a Content-Length body: relay the backend's
+            # reads as they are, without the parser's copy and callbacks per read (RFC 9112
+            # §6.2: exactly this many bytes follow). The parser is replaced at the end.
+            self._raw_left = self._length_left
+
+    def _relay_raw(self, client: ClientConnection, data: bytes, left: int) -> None:
+        """Relay body bytes of a Content-Length response directly."""
+        n = len(data)
+        transport = client.transport
+        assert transport is not None
+        if n < left:
+            self._raw_left = left - n
+            transport.write(data)
+            return
+        self._raw_left = self._length_left = 0
+        if n > left:
+            # Bytes after the end of the response: the backend is out of step (RFC 9112
+            # §9.3.2); what belongs to the response is relayed, the connection is dropped.
+            data = data[:left]
+            self._reusable = False
+        transport.write(data)
+        self._parser = httptools.HttpResponseParser(self)
+        self._complete()
 
     def _flush(self) -> None:
         """Write what parsing produced for the client in one call."""
@@ -233,13 +268,14 @@ class UpstreamConnection(HeadCollector, asyncio.Protocol):
         if version != "1.1" and version != "1.0":
             raise _BadResponse("unsupported response version")
         keep_alive = client.may_keep_alive(ex)
-        result, framing_in, framing_out, _clen, reusable, keep_alive, head = analyse_response(
+        result, framing_in, framing_out, clen, reusable, keep_alive, head = analyse_response(
             status, 1 if version == "1.1" else 0, self.headers, ex.head_request, ex.minor,
             keep_alive,
         )
         if result != OK:
             raise _BadResponse("malformed response head")
         self.framing_in = framing_in
+        self._length_left = clen if framing_in == FRAME_LENGTH else 0
         self._reusable = reusable
         self._chunked_out = framing_out == FRAME_CHUNKED
         ex.status = status
@@ -257,6 +293,8 @@ class UpstreamConnection(HeadCollector, asyncio.Protocol):
         """Relay one piece of the response body, re-framed for the client."""
         if self.client is None or self._done:
             return
+        if self._length_left:
+            self._length_left -= len(data)
         if self._chunked_out:
             self._out += (b"%x\r\n" % len(data), data, CRLF)
         else:

@@ -1,8 +1,8 @@
 """Per-request control-plane costs (pytest-benchmark): route match, hash key, begin/end.
 
-Run: .venv/bin/python -m pytest tests/test_control_bench.py --benchmark-only
-`make test` runs each once (benchmarks disabled) as a smoke test. Snapshots are built
-outside the measured body; one uniquely named function per case.
+Run: .venv/bin/python -m pytest bench/test_control_bench.py --benchmark-only (`make bench`
+runs it). Snapshots are built outside the measured body; one uniquely named function per
+case.
 """
 
 from __future__ import annotations
