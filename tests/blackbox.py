@@ -91,9 +91,6 @@ class Conn:
     incomplete: bool = False  # the peer closed in the middle of a request
 
 
-Handler = Callable[["Backend", Request, asyncio.StreamWriter], "asyncio.Future[None] | None"]
-
-
 class Backend:
     """An HTTP/1.1 origin on 127.0.0.1 that records every byte and request it receives.
 
@@ -157,7 +154,7 @@ class Backend:
         finally:
             conn.closed = True
             self._writers.discard(writer)
-            writer.transport.abort() if writer.transport.is_closing() else writer.close()
+            writer.close()
 
     async def _read(self, reader: asyncio.StreamReader, conn: Conn, n: int) -> bytes:
         data = await reader.readexactly(n)
