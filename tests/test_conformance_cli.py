@@ -293,11 +293,11 @@ def test_clusters_counts_an_in_flight_request(tmp_path, backends) -> None:
         doc = json.loads(get(run.admin_port, "/clusters")[2])
         return sum(b["inflight"] for b in doc["clusters"]["segments"]["backends"])
 
-    client = threading.Thread(target=lambda: get(run.port, "/slow/1.0"))
+    client = threading.Thread(target=lambda: get(run.port, "/slow/2.0"))
     try:
         assert inflight() == 0
         client.start()
-        assert wait_until(lambda: inflight() == 1, 0.9)
+        assert wait_until(lambda: inflight() == 1, 1.8)
         client.join(10)
         assert wait_until(lambda: inflight() == 0, 2)
     finally:
