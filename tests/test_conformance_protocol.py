@@ -590,3 +590,9 @@ def test_pipelined_upload_behind_a_slow_response_is_held_then_forwarded(proxy) -
     doc = json.loads(second.body)
     assert doc["target"] == "/echo/held" and doc["body_len"] == len(body)
     assert doc["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_several_x_forwarded_for_fields_become_one_list(proxy) -> None:
+    doc = echo(proxy, b"X-Forwarded-For: 192.0.2.1\r\nX-Forwarded-For: 198.51.100.2, "
+               b"203.0.113.3\r\n")
+    assert seen(doc, "x-forwarded-for") == ["192.0.2.1, 198.51.100.2, 203.0.113.3, 127.0.0.1"]
