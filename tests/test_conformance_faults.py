@@ -13,6 +13,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -141,3 +142,23 @@ def test_signal_drains_an_in_flight_upload_then_exits_0(backends, tmp_path, sig)
     doc = json.loads(results[0])
     assert doc["body_len"] == len(body)
     assert doc["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_response_in_flight_during_drain_says_connection_close(backends, tmp_path) -> None:
+    run = start_proxy(render_for(backends), tmp_path / "lbproxy.toml")
+    replies = []
+    target = b"/slow/1.0?" + uuid.uuid4().hex.encode()
+    client = threading.Thread(target=lambda: replies.append(
+        exchange(run.port, b"GET " + target + b" HTTP/1.1\r\n" + H + b"\r\n", wait=10)))
+    try:
+        client.start()
+        main = backends["main"]
+        assert wait_until(lambda: any(target in bytes(c.raw) for c in main.conns), 5)
+        run.proxy.proc.send_signal(signal.SIGTERM)
+        client.join(15)
+    finally:
+        rc = run.proxy.stop()
+    assert rc == 0, run.proxy.stderr()
+    (reply,) = replies
+    assert reply.first.status == 200
+    assert "close" in reply.first.tokens("connection") and reply.closed
