@@ -596,3 +596,16 @@ def test_several_x_forwarded_for_fields_become_one_list(proxy) -> None:
     doc = echo(proxy, b"X-Forwarded-For: 192.0.2.1\r\nX-Forwarded-For: 198.51.100.2, "
                b"203.0.113.3\r\n")
     assert seen(doc, "x-forwarded-for") == ["192.0.2.1, 198.51.100.2, 203.0.113.3, 127.0.0.1"]
+
+
+def test_upgrade_request_is_answered_as_plain_http_then_closed(proxy) -> None:
+    # The proxy does not tunnel (no 101): the request goes on without Upgrade, and since
+    # the client may start speaking the new protocol, nothing after it is parsed.
+    reply = exchange(proxy.port, b"GET /echo/ws HTTP/1.1\r\n" + H + b"Connection: Upgrade\r\n"
+                     b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                     b"\x81\x05hello")
+    resp = reply.first
+    assert resp.status == 200 and reply.closed
+    doc = json.loads(resp.body)
+    assert doc["target"] == "/echo/ws" and not seen(doc, "upgrade")
+    assert len(reply.responses()) == 1
