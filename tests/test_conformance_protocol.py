@@ -57,6 +57,9 @@ def proxy(backends: Backends, tmp_path_factory: pytest.TempPathFactory) -> Itera
              {"path_prefix": "/", "cluster": "main"}],
             policies={"videos": "maglev"},
             timeouts={"upstream_idle": 5.0},
+            # Some tests make "main" fail on purpose; passive ejection must not make the
+            # outcome of later tests depend on their order.
+            cluster_extra="outlier_detection = { enabled = false }\n",
         )
 
     with proxy_running(render, tmp_path_factory.mktemp("protocol") / "lbproxy.toml") as run:
