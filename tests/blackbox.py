@@ -510,6 +510,16 @@ def proxy_running(render: Callable[[int, int], str], path: Path) -> Iterator[Run
         assert rc == 0, run.proxy.stderr()
 
 
+def toml_value(value: object) -> str:
+    """A TOML literal for a str, number, bool, list or (inline-table) dict."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}"
+                                for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(value)  # strings, numbers and booleans are spelled alike
+
+
 def toml_config(port: int, admin_port: int, clusters: dict[str, list[str]],
                 routes: list[dict[str, object]], *, policies: dict[str, str] | None = None,
                 timeouts: dict[str, float] | None = None,
@@ -531,7 +541,7 @@ def toml_config(port: int, admin_port: int, clusters: dict[str, list[str]],
                    f"{cluster_extra}")
     for r in routes:
         out.append("[[routes]]")
-        out += [f"{k} = {json.dumps(v)}" for k, v in r.items()]
+        out += [f"{k} = {toml_value(v)}" for k, v in r.items()]
         out.append("")
     return "\n".join(out)
 
