@@ -394,6 +394,7 @@ def validate(cfg: Config) -> list[tuple[str, str]]:
 
 _PATH_RE = re.compile(r" - at `\$(.*)`$")
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_UNKNOWN_FIELD = re.compile(r"Object contains unknown field `(.*)`")
 
 
 def field_path(base: str, key: str) -> str:
@@ -408,7 +409,13 @@ def located(exc: msgspec.ValidationError, base: str) -> tuple[str, str]:
     msg = str(exc)
     m = _PATH_RE.search(msg)
     rest = m.group(1) if m else ""
-    return base + rest, _PATH_RE.sub("", msg)
+    msg = _PATH_RE.sub("", msg)
+    # An unknown field is located at its parent object; name the field itself, so the
+    # path points at the typo (`listener.bnd`, not `listener`).
+    unknown = _UNKNOWN_FIELD.fullmatch(msg)
+    if unknown:
+        return field_path(base + rest, unknown.group(1)), "unknown field"
+    return base + rest, msg
 
 
 def _convert_clusters(clusters: Any, errors: list[tuple[str, str]]) -> Any:

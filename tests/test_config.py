@@ -56,7 +56,7 @@ def test_contract_minimal_file_loads(tmp_path):
         ({"routes": [{"cluster": "zzz"}]}, "routes[0].cluster"),
         ({"routes": [{"cluster": "a", "hash_on": "path_regex:^/v/"}]}, "routes[0].hash_on"),
         ({"listener": {"bind": "127.0.0.1:99999"}}, "listener.bind"),
-        ({"listener": {"bindx": "127.0.0.1:1"}}, "listener"),
+        ({"listener": {"bindx": "127.0.0.1:1"}}, "listener.bindx"),
         ({"listener": {"bind": "127.0.0.1:5"}, "admin": {"bind": "127.0.0.1:5"}}, "admin.bind"),
     ],
 )
@@ -74,7 +74,7 @@ def test_invalid_config_names_field_path(patch, path):
         ({"uploads": {"backends": ["127.0.0.1:1", {"address": "127.0.0.1:2", "weight": "x"}]}},
          "clusters.uploads.backends[1].weight"),
         ({"uploads": {"backends": ["127.0.0.1:1"], "policy": "random"}}, "clusters.uploads.policy"),
-        ({"uploads": {"backends": ["127.0.0.1:1"], "colour": 1}}, "clusters.uploads"),
+        ({"uploads": {"backends": ["127.0.0.1:1"], "colour": 1}}, "clusters.uploads.colour"),
         ({"uploads": {}}, "clusters.uploads"),
         ({"odd.name": {"backends": 3}}, 'clusters["odd.name"].backends'),
     ],

@@ -249,7 +249,7 @@ def test_status_ranges_and_status_lines():
          "clusters.c.outlier_detection.base_ejection_time"),
         ({"outlier_detection": {"max_ejection_percent": 101}},
          "clusters.c.outlier_detection.max_ejection_percent"),
-        ({"outlier_detection": {"nope": 1}}, "clusters.c.outlier_detection"),
+        ({"outlier_detection": {"nope": 1}}, "clusters.c.outlier_detection.nope"),
         ({"health_check": {"path": "health"}}, "clusters.c.health_check.path"),
         ({"health_check": {}}, "clusters.c.health_check"),
         ({"health_check": {"path": "/h", "interval": 0}}, "clusters.c.health_check.interval"),
@@ -260,7 +260,7 @@ def test_status_ranges_and_status_lines():
         ({"health_check": {"path": "/h", "expected_statuses": []}},
          "clusters.c.health_check.expected_statuses"),
         ({"circuit_breaker": {"max_requests": -1}}, "clusters.c.circuit_breaker.max_requests"),
-        ({"circuit_breaker": {"max_pending": 1}}, "clusters.c.circuit_breaker"),
+        ({"circuit_breaker": {"max_pending": 1}}, "clusters.c.circuit_breaker.max_pending"),
     ],
 )
 def test_resilience_config_errors_name_their_field(section, path):
