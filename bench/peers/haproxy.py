@@ -1,0 +1,74 @@
+"""HAProxy (Debian package) as a peer: the baseline every ratio in the report is against."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+from bench import procs
+from bench.backends import BackendSet
+from bench.peers import Peer, ensure_binary
+
+HAPROXY = "/usr/sbin/haproxy"
+
+# Same routing as lbproxy's bench config: /upload* to the sinks (least connections), the rest
+# hashed on the video id (third "/" field of /v/{video}/{n}) with consistent hashing, so
+# every segment of a video hits one origin. Active checks stand in for lbproxy's passive
+# outlier detection; redispatch retries a refused connect on another server.
+_CONF = string.Template("""\
+global
+    maxconn 8000
+    nbthread 1
+    pidfile $dir/haproxy.pid
+
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 120s
+    option http-keep-alive
+    http-reuse always
+    retries 2
+    option redispatch 1
+
+frontend fe
+    bind 127.0.0.1:$port
+    use_backend uploads if { path_beg /upload }
+    default_backend segments
+
+backend segments
+    balance hash path,field(3,/)
+    hash-type consistent
+$segment_servers
+
+backend uploads
+    balance leastconn
+$upload_servers
+""")
+
+
+class HAProxyPeer(Peer):
+    """haproxy -db -f generated.cfg, one thread."""
+
+    name = "haproxy"
+
+    def check(self) -> None:
+        """HAProxy binary present (installed when missing and allowed)."""
+        ensure_binary(HAPROXY, "haproxy")
+
+    def start(self, workdir: Path, backends: BackendSet, cpus: list[int] | None) -> None:
+        """Write the config, start haproxy, wait for its port."""
+        d = workdir / "haproxy"
+        d.mkdir(parents=True, exist_ok=True)
+        self.port = procs.free_port()
+        server = "    server {0} {1} check inter 500ms fall 2 rise 2"
+        conf = d / "haproxy.cfg"
+        conf.write_text(_CONF.substitute(
+            dir=d,
+            port=self.port,
+            segment_servers="\n".join(server.format(b.name, b.address) for b in backends.origins),
+            upload_servers="\n".join(server.format(b.name, b.address) for b in backends.sinks),
+        ))
+        self.proc = procs.start([HAPROXY, "-db", "-f", str(conf)], d / "haproxy.log", cpus)
+        procs.wait_port(self.port, self.proc)
