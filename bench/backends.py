@@ -82,6 +82,7 @@ class BackendSet:
     workdir: Path
     segment_files: int = 8
     segment_bytes: int = 131072
+    cpus: list[int] | None = None  # where backends run; None = anywhere
     origins: list[Backend] = field(default_factory=list)
     sinks: list[Backend] = field(default_factory=list)
 
@@ -119,13 +120,12 @@ class BackendSet:
                 dir=d, port=b.port, name=b.name, segments=seg_dir, user=nginx_user_line()
             )
         )
-        # Backends are not pinned: on two cores they share with the proxy and generator.
         b.proc = procs.start([NGINX, "-p", str(d), "-c", str(conf), "-e", str(d / "error.log")],
-                             d / "stdout.log")
+                             d / "stdout.log", self.cpus)
 
     def _start_sink(self, b: Backend) -> None:
         b.proc = procs.start([sys.executable, "-m", "bench.sink", str(b.port), b.name],
-                             self.workdir / f"{b.name}.log")
+                             self.workdir / f"{b.name}.log", self.cpus)
 
     def restart_dead(self) -> None:
         """Bring back any backend a scenario killed, so the next run starts whole."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import os
 import random
 import time
@@ -21,10 +22,12 @@ import uvloop
 from bench.distributions import KeySampler, from_spec
 from bench.recorder import Recorder
 from bench.schedule import ArrivalSchedule, linear_rate
+from bench.timer import WakeTimer
 
 Clock = Callable[[], int]
 _UPLOAD_CHUNK = memoryview(b"\x5a" * (256 * 1024))
 _RECONNECT_DELAY_S = 0.05
+_SPIN_NS = 60_000  # how early the open-loop timer fires before the next intended send
 
 
 class Request:
@@ -166,6 +169,7 @@ class LoadDriver:
         self.done = asyncio.Event()
         self.open_loop = workload["mode"] == "open"
         self.schedule: ArrivalSchedule | None = None
+        self.timer: WakeTimer | None = None
         if self.open_loop:
             procs = int(workload.get("procs", 1))
             rate_at = linear_rate(
@@ -284,13 +288,15 @@ class LoadDriver:
                 self._send_get(conn, self.pending.popleft())
         if self.schedule.finished:
             return
-        gap_ns = self.schedule.next_ns - self.clock()
-        # libuv timers tick in whole milliseconds; sleep on a timer only when the next send
-        # is far off, then poll the loop (call_soon still runs I/O) for the last stretch.
-        if gap_ns > 2_000_000:
-            self.loop.call_later((gap_ns - 1_000_000) / 1e9, self.tick)
-        else:
+        # Wake a little early and poll the loop (call_soon still runs I/O) for the last
+        # stretch: waking an idle core takes tens of microseconds, which would otherwise be
+        # counted as the generator's own lateness in every sample.
+        wake_ns = self.schedule.next_ns - _SPIN_NS
+        if wake_ns <= self.clock():
             self.loop.call_soon(self.tick)
+        else:
+            assert self.timer is not None
+            self.timer.arm(wake_ns)
 
     def start_closed(self) -> None:
         """Closed loop: every connection that was waiting for the start sends now."""
@@ -318,11 +324,14 @@ class LoadDriver:
         self.sweep()
         await asyncio.sleep(max(0.0, (self.start_ns - self.clock()) / 1e9))
         if self.open_loop:
+            self.timer = WakeTimer(self.loop, self.tick)
             self.tick()
         else:
             self.start_closed()
         await asyncio.sleep(max(0.0, (self.end_ns - self.clock()) / 1e9))
         self.stopping = True
+        if self.timer is not None:
+            self.timer.close()
         # Give in-flight requests a bounded grace period, then abandon them.
         grace_end = self.clock() + min(self.timeout_ns, 2_000_000_000)
         while any(c.request is not None for c in self.conns) and self.clock() < grace_end:
@@ -346,7 +355,15 @@ def run_workload(
     async def main() -> dict[str, Any]:
         return await LoadDriver(workload, progress=progress).run()
 
-    return uvloop.run(main())
+    # A cyclic-GC pass mid-run stalls sends and replies alike; the hot path allocates no
+    # cycles, so collect once before and after instead.
+    gc.collect()
+    gc.disable()
+    try:
+        return uvloop.run(main())
+    finally:
+        gc.enable()
+        gc.collect()
 
 
 def worker_main(conn: Any, cpus: list[int] | None) -> None:

@@ -28,9 +28,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cpu_count() -> int:
+def available_cpus() -> set[int]:
     """Cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
 
 
 def pinned(cmd: Sequence[str], cpus: Sequence[int] | None) -> list[str]:

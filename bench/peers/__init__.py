@@ -37,7 +37,18 @@ class Peer:
 
     def replace_pool(self, cluster: str, addresses: list[str]) -> None:
         """Swap a cluster's backends at run time (the `reload` scenario)."""
-        raise PeerUnavailable(f"{self.name}: no run-time pool replacement in this harness")
+        raise PeerUnavailable(
+            f"{self.name}: pool replacement through an admin API is lbproxy's feature; the "
+            "peers' equivalents (HAProxy runtime API, nginx -s reload) are not scripted here"
+        )
+
+    def require(self, capability: str, backends: BackendSet) -> None:
+        """Raise PeerUnavailable unless the running proxy supports `capability`."""
+        if capability == "replace_pool":
+            # Re-sending the current set is a no-op where supported and fails fast elsewhere.
+            self.replace_pool("segments", [b.address for b in backends.origins])
+        elif capability:
+            raise PeerUnavailable(f"{self.name}: unknown capability {capability!r}")
 
     def stop(self) -> None:
         """Stop the proxy (graceful, then forced)."""

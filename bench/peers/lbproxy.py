@@ -94,5 +94,6 @@ class LbproxyPeer(Peer):
                 resp.read()
         except urllib.error.HTTPError as exc:
             raise PeerUnavailable(
-                f"lbproxy admin PUT /clusters/{cluster}/backends answered {exc.code}"
+                f"lbproxy admin PUT /clusters/{cluster}/backends answered {exc.code} "
+                "(pool changes through the admin API come in a later issue)"
             ) from exc
