@@ -35,14 +35,18 @@ class _Base(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tru
     """Shared base: unknown fields are errors, instances are immutable."""
 
 
-class TLS(_Base):
+# Each subclass restates frozen=True: msgspec inherits it, but mypy's dataclass_transform
+# reads a subclass without it as non-frozen.
+
+
+class TLS(_Base, frozen=True):
     """TLS termination for a listener (PEM files)."""
 
     cert: str
     key: str
 
 
-class Listener(_Base):
+class Listener(_Base, frozen=True):
     """Where the data plane accepts client connections."""
 
     bind: str = "127.0.0.1:8080"
@@ -50,14 +54,14 @@ class Listener(_Base):
     backlog: int = 1024
 
 
-class Admin(_Base):
+class Admin(_Base, frozen=True):
     """Where the admin API listens; `token` guards every mutating call."""
 
     bind: str = "127.0.0.1:9901"
     token: str | None = None
 
 
-class Timeouts(_Base):
+class Timeouts(_Base, frozen=True):
     """Timeouts in seconds (names follow Envoy/HAProxy: each bounds one wait)."""
 
     request_headers: float = 10.0  # whole request head; slowloris gets 408
@@ -69,7 +73,7 @@ class Timeouts(_Base):
     drain: float = 30.0  # graceful shutdown deadline
 
 
-class Limits(_Base):
+class Limits(_Base, frozen=True):
     """Request size limits (HAProxy tune.bufsize / nginx large_client_header_buffers)."""
 
     max_request_line: int = 8192  # 414 past this
@@ -78,7 +82,7 @@ class Limits(_Base):
     max_body_bytes: int = 0  # 413 past this; 0 = unlimited (routes may override)
 
 
-class Upstream(_Base):
+class Upstream(_Base, frozen=True):
     """Per-backend connection pool settings."""
 
     max_connections: int = 1024  # per backend, in use + idle
@@ -86,7 +90,7 @@ class Upstream(_Base):
     idle_timeout: float = 60.0  # an idle pooled connection is closed after this
 
 
-class Backend(_Base):
+class Backend(_Base, frozen=True):
     """One backend of a cluster: ``{address, weight, zone}``."""
 
     address: str
@@ -94,7 +98,7 @@ class Backend(_Base):
     zone: str = ""
 
 
-class ClusterConfig(_Base):
+class ClusterConfig(_Base, frozen=True):
     """A named pool of backends and the policy that picks among them."""
 
     backends: list[str | Backend]
@@ -104,7 +108,7 @@ class ClusterConfig(_Base):
     seed: int = 0  # P2C's random stream; fixed so tests are deterministic
 
 
-class RouteConfig(_Base):
+class RouteConfig(_Base, frozen=True):
     """First-match-wins route: prefix (+ methods, host, headers) to a cluster."""
 
     cluster: str
@@ -116,7 +120,7 @@ class RouteConfig(_Base):
     max_body_bytes: int | None = None
 
 
-class Config(_Base):
+class Config(_Base, frozen=True):
     """The whole proxy configuration."""
 
     clusters: dict[str, ClusterConfig]
@@ -200,7 +204,10 @@ def _validate_hash_on(value: str) -> str | None:
                 if rx.groups < 1:
                     return "path_regex needs a capture group (its first group is the key)"
             return None
-    return f"unknown hash_on {value!r}; expected one of path, path_regex:RE, header:NAME, query:NAME, cookie:NAME"
+    return (
+        f"unknown hash_on {value!r}; expected one of "
+        "path, path_regex:RE, header:NAME, query:NAME, cookie:NAME"
+    )
 
 
 def validate(cfg: Config) -> list[tuple[str, str]]:
@@ -253,6 +260,8 @@ def validate(cfg: Config) -> list[tuple[str, str]]:
             errors.append((f"{base}.path_prefix", "must start with '/'"))
         if rt.hash_on is not None and (msg := _validate_hash_on(rt.hash_on)):
             errors.append((f"{base}.hash_on", msg))
+        if rt.host is not None and not rt.host.strip():
+            errors.append((f"{base}.host", "must not be empty"))
         if rt.max_body_bytes is not None and rt.max_body_bytes < 0:
             errors.append((f"{base}.max_body_bytes", "must be >= 0"))
         if rt.methods is not None:
@@ -262,20 +271,85 @@ def validate(cfg: Config) -> list[tuple[str, str]]:
     return errors
 
 
-_PATH_RE = re.compile(r" - at `\$\.?(.*)`$")
+_PATH_RE = re.compile(r" - at `\$(.*)`$")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def field_path(base: str, key: str) -> str:
+    """``base.key``, or ``base["key"]`` when the key would not read as one path segment."""
+    seg = f".{key}" if _PLAIN_KEY.fullmatch(key) else f"[{json.dumps(key)}]"
+    return f"{base}{seg}" if base else seg.lstrip(".")
+
+
+def _located(exc: msgspec.ValidationError, base: str) -> tuple[str, str]:
+    # msgspec appends " - at `$.a[1].b`" relative to what it converted; re-root it at `base`.
+    msg = str(exc)
+    m = _PATH_RE.search(msg)
+    rest = m.group(1) if m else ""
+    return base + rest, _PATH_RE.sub("", msg)
+
+
+def _convert_clusters(clusters: Any, errors: list[tuple[str, str]]) -> Any:
+    # Converted one entry at a time: msgspec reports a dict value's path as `clusters[...]`,
+    # which hides the cluster's name; here each error carries `clusters.NAME....`.
+    if not isinstance(clusters, Mapping):
+        return clusters  # let msgspec name the type error at `clusters`
+    converted: dict[str, ClusterConfig] = {}
+    for name, entry in clusters.items():
+        if not isinstance(name, str):
+            errors.append(("clusters", f"cluster name must be a string, got {name!r}"))
+            continue
+        try:
+            converted[name] = msgspec.convert(entry, ClusterConfig)
+        except msgspec.ValidationError as exc:
+            errors.append(_located(exc, field_path("clusters", name)))
+    return converted
+
+
+def _check_route_headers(routes: Any, errors: list[tuple[str, str]]) -> None:
+    # Same reason as _convert_clusters: name the header key instead of `headers[...]`.
+    if not isinstance(routes, list):
+        return
+    for i, rt in enumerate(routes):
+        headers = rt.get("headers") if isinstance(rt, Mapping) else None
+        if isinstance(headers, Mapping):
+            for name, value in headers.items():
+                if not isinstance(value, str):
+                    where = field_path(f"routes[{i}].headers", str(name))
+                    errors.append((where, f"Expected `str`, got `{type(value).__name__}`"))
 
 
 def from_dict(data: Any) -> Config:
     """Convert plain data (as decoded from any format) to a validated `Config`."""
     if not isinstance(data, Mapping):
         raise ConfigError([("", "top level must be a table/object")])
-    try:
-        cfg = msgspec.convert(data, Config)
-    except msgspec.ValidationError as exc:
-        msg = str(exc)
-        m = _PATH_RE.search(msg)
-        path = m.group(1) if m else ""
-        raise ConfigError([(path, _PATH_RE.sub("", msg))]) from None
+    errors: list[tuple[str, str]] = []
+    # Each top-level section is converted on its own so one run reports an error in every
+    # section, not just the first msgspec meets.
+    known = {f.encode_name: f for f in msgspec.structs.fields(Config)}
+    for key in data:
+        if key not in known:
+            errors.append((str(key), f"unknown field {key!r}; expected one of {', '.join(known)}"))
+    sections: dict[str, Any] = {}
+    for name, f in known.items():
+        if name not in data:
+            if f.required:
+                errors.append((name, "missing required section"))
+            continue
+        value = data[name]
+        if name == "clusters":
+            value = _convert_clusters(value, errors)
+        elif name == "routes":
+            _check_route_headers(value, errors)
+        try:
+            sections[name] = msgspec.convert(value, f.type)
+        except msgspec.ValidationError as exc:
+            where, msg = _located(exc, name)
+            if "[...]" not in where or not any(p.startswith(name) for p, _ in errors):
+                errors.append((where, msg))  # else: already named precisely above
+    if errors:
+        raise ConfigError(errors)
+    cfg = Config(**sections)
     errors = validate(cfg)
     if errors:
         raise ConfigError(errors)

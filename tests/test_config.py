@@ -44,9 +44,11 @@ def test_contract_minimal_file_loads(tmp_path):
 @pytest.mark.parametrize(
     ("patch", "path"),
     [
-        ({"clusters": {"a": {"backends": ["127.0.0.1:1", {"address": "127.0.0.1:2", "weight": 0}]}}},
+        ({"clusters": {"a": {"backends": ["127.0.0.1:1", {"address": "127.0.0.1:2",
+                                                          "weight": 0}]}}},
          "clusters.a.backends[1].weight"),
-        ({"clusters": {"a": {"backends": ["127.0.0.1:1", "127.0.0.1:1"]}}}, "clusters.a.backends[1]"),
+        ({"clusters": {"a": {"backends": ["127.0.0.1:1", "127.0.0.1:1"]}}},
+         "clusters.a.backends[1]"),
         ({"clusters": {"a": {"backends": []}}}, "clusters.a.backends"),
         ({"clusters": {"a": {"backends": ["nohost"]}}}, "clusters.a.backends[0]"),
         ({"clusters": {"a": {"backends": ["127.0.0.1:1"], "policy": "maglev", "table_size": 100}}},
@@ -63,3 +65,62 @@ def test_invalid_config_names_field_path(patch, path):
     with pytest.raises(config.ConfigError) as exc:
         config.from_dict(data)
     assert any(p == path for p, _ in exc.value.errors), exc.value.errors
+
+
+@pytest.mark.parametrize(
+    ("clusters", "path"),
+    [
+        ({"uploads": {"backends": ["127.0.0.1:1", {"address": "127.0.0.1:2", "weight": "x"}]}},
+         "clusters.uploads.backends[1].weight"),
+        ({"uploads": {"backends": ["127.0.0.1:1"], "policy": "random"}}, "clusters.uploads.policy"),
+        ({"uploads": {"backends": ["127.0.0.1:1"], "colour": 1}}, "clusters.uploads"),
+        ({"uploads": {}}, "clusters.uploads"),
+        ({"odd.name": {"backends": 3}}, 'clusters["odd.name"].backends'),
+    ],
+)
+def test_type_errors_name_the_real_cluster_key(clusters, path):
+    data = {"clusters": clusters, "routes": [{"cluster": "uploads"}]}
+    with pytest.raises(config.ConfigError) as exc:
+        config.from_dict(data)
+    paths = [p for p, _ in exc.value.errors]
+    assert path in paths, exc.value.errors
+    assert not any("[...]" in p for p in paths)
+
+
+def test_every_section_reports_its_error_in_one_run():
+    data = {
+        "clusters": {"a": {"backends": ["127.0.0.1:1"]}, "b": {"backends": [{"weight": 2}]}},
+        "routes": [{"cluster": "a", "headers": {"X-Tier": 1}}],
+        "listener": {"bind": 8080},
+        "surprise": True,
+    }
+    with pytest.raises(config.ConfigError) as exc:
+        config.from_dict(data)
+    paths = {p for p, _ in exc.value.errors}
+    assert {"clusters.b.backends[0]", "routes[0].headers.X-Tier", "listener.bind",
+            "surprise"} <= paths, exc.value.errors
+
+
+def test_missing_sections_are_named():
+    with pytest.raises(config.ConfigError) as exc:
+        config.from_dict({})
+    assert {p for p, _ in exc.value.errors} == {"clusters", "routes"}
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_yaml_and_json_by_extension(tmp_path, suffix):
+    import json
+
+    data = {"clusters": {"a": {"backends": ["127.0.0.1:1"]}}, "routes": [{"cluster": "a"}]}
+    p = tmp_path / f"c{suffix}"
+    p.write_text(json.dumps(data))  # JSON is valid YAML too
+    assert config.load(p).clusters["a"].policy == "round_robin"
+
+
+def test_unreadable_and_unparsable_files(tmp_path):
+    with pytest.raises(config.ConfigError, match="cannot read"):
+        config.load(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[clusters\n")
+    with pytest.raises(config.ConfigError, match="not valid toml"):
+        config.load(bad)

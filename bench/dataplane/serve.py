@@ -1,0 +1,32 @@
+"""Serve one lbproxy DataPlane worker for benchmarks: ``serve.py PORT BACKEND[,BACKEND...]``.
+
+One process, one uvloop loop, round robin over the backends; no admin, no control plane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import uvloop
+
+from lbproxy import config
+from lbproxy.proxy import DataPlane
+from lbproxy.snapshot import build_snapshot
+
+
+async def main(port: int, backends: list[str]) -> None:
+    """Listen on 127.0.0.1:`port` until killed."""
+    cfg = config.from_dict({
+        "clusters": {"c": {"policy": "round_robin", "backends": backends}},
+        "routes": [{"path_prefix": "/", "cluster": "c"}],
+    })
+    loop = asyncio.get_running_loop()
+    plane = DataPlane(build_snapshot(cfg), loop)
+    await loop.create_server(plane.protocol_factory, "127.0.0.1", port, backlog=1024)
+    print(f"lbproxy data plane on 127.0.0.1:{port}", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    uvloop.run(main(int(sys.argv[1]), sys.argv[2].split(",")))

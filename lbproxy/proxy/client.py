@@ -1,0 +1,745 @@
+"""Client side: the per-connection Protocol that parses requests and drives each exchange.
+
+Owns the request parser glue (httptools/llhttp in strict mode plus the checks it leaves
+to us), keep-alive and pipelining (requests answered strictly in order, read-ahead
+bounded), streaming the request body upstream with backpressure, client-side timeouts and
+the single place where a request meets the cluster gate: ``cluster.begin()`` once per
+request, ``lease.end()`` exactly once per lease. Must not touch the control plane beyond
+reading the snapshot once per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+from lbproxy.cluster import Outcome, Refusal
+from lbproxy.proxy import errors
+from lbproxy.proxy.errors import ProxyError
+from lbproxy.proxy.http import (
+    E_EXPECTATION,
+    E_TRANSFER_CODING,
+    F_CLOSE,
+    F_EXPECT_CONTINUE,
+    F_UPGRADE,
+    FRAME_CHUNKED,
+    FRAME_LENGTH,
+    FRAME_NONE,
+    OK,
+    analyse_request,
+)
+
+if TYPE_CHECKING:
+    from lbproxy.cluster import Lease
+    from lbproxy.proxy.plane import DataPlane
+    from lbproxy.proxy.pool import UpstreamConnection, UpstreamPool
+    from lbproxy.snapshot import Snapshot
+
+log = logging.getLogger("lbproxy.proxy")
+
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+CHUNK_END = b"0\r\n\r\n"
+CRLF = b"\r\n"
+# Body bytes held for an exchange that has no upstream connection yet (connecting, or a
+# pipelined request waiting its turn) before the client is paused.
+BUFFER_LIMIT = 256 * 1024
+# Pipelined requests parsed ahead of the one being answered before reading pauses.
+PIPELINE_LIMIT = 16
+# RFC 9110 §9.2.2: only idempotent requests may be retried after a connection failure.
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+# Why the client is not being read (bits; reading resumes when none is left).
+P_UPSTREAM = 1  # the backend's write buffer is above its high-water mark
+P_BUFFER = 2  # too much body held while no upstream connection is attached
+P_PIPELINE = 4  # too many pipelined requests parsed ahead
+P_STOP = 8  # nothing more will be parsed on this connection
+
+# What the client-side deadline means when it passes.
+K_NONE = 0
+K_IDLE = 1  # keep-alive connection with no request: close silently
+K_HEAD = 2  # request head incomplete: 408
+K_BODY = 3  # no request body byte for too long: 408
+K_STALL = 4  # the client stopped reading our response: close
+# What the upstream-side deadline means when it passes.
+U_NONE = 0
+U_CONNECT = 1  # connecting (or waiting for a pooled connection): 504
+U_HEADERS = 2  # request sent, no response head: 504
+U_IDLE = 3  # no byte from the backend for too long: 504, or abort mid-body
+
+_INF = math.inf
+_now_ns = time.monotonic_ns
+
+
+class _Reject(Exception):
+    """Raised inside a parser callback to stop parsing; the error is on the connection."""
+
+
+class Exchange:
+    """One request/response exchange (per request; slots only, no dicts)."""
+
+    __slots__ = (
+        "abandoned",
+        "body_done",
+        "body_received",
+        "conn",
+        "connect_task",
+        "content_length",
+        "flags",
+        "framing",
+        "head_request",
+        "headers",
+        "host",
+        "keep_alive",
+        "lease",
+        "max_body",
+        "method",
+        "minor",
+        "path",
+        "pending",
+        "pending_bytes",
+        "pool",
+        "query",
+        "retried",
+        "snapshot",
+        "status",
+        "up",
+        "upstream_head",
+        "waiting_pool",
+    )
+
+    def __init__(
+        self,
+        conn: ClientConnection,
+        snapshot: Snapshot,
+        method: bytes,
+        minor: int,
+        headers: list[tuple[bytes, bytes]],
+        analysed: tuple[int, bytes, bytes, bytes, int, int, int, bytes],
+    ) -> None:
+        _, self.host, self.path, self.query, framing, clen, flags, self.upstream_head = analysed
+        self.conn = conn
+        self.snapshot = snapshot
+        self.method = method
+        self.minor = minor
+        self.headers = headers
+        self.framing = framing
+        self.content_length = clen
+        self.flags = flags
+        self.head_request = method == b"HEAD"
+        self.keep_alive = not flags & (F_CLOSE | F_UPGRADE)
+        self.body_done = framing == FRAME_NONE or (framing == FRAME_LENGTH and clen == 0)
+        self.body_received = 0
+        self.pending: list[bytes] | None = []
+        self.pending_bytes = 0
+        self.max_body = 0
+        self.lease: Lease | None = None
+        self.pool: UpstreamPool | None = None
+        self.up: UpstreamConnection | None = None
+        self.connect_task: asyncio.Future[Any] | None = None
+        self.waiting_pool = False
+        self.abandoned = False
+        self.retried = False
+        self.status = 0
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection: parse, validate, route, relay; keep-alive and pipelining."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self._plane = plane
+        self._loop = plane.loop
+        self._parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self._client_ip = b""
+        self._proto = b"http"
+        self._snap: Snapshot = plane.snapshot
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._in_head = False
+        self._head_raw = 0
+        self._head_limit = 0
+        self._parsing: Exchange | None = None  # the request whose body is being parsed
+        self._active: Exchange | None = None  # the request being answered
+        self._queue: deque[Exchange] = deque()  # pipelined requests waiting their turn
+        self._reject: ProxyError | None = None
+        self._pending_error: ProxyError | None = None  # answer after the active exchange
+        self._no_more = False  # nothing after the active exchange (upgrade, parse error)
+        self._closing = False
+        self._pause_bits = 0
+        self.writing_paused = False
+        self.deadline = _INF
+        self.deadline_kind = K_NONE
+        self._saved_deadline = _INF
+        self._saved_kind = K_NONE
+        self.up_deadline = _INF
+        self.up_kind = U_NONE
+
+    # -- asyncio.Protocol: client transport ------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Register with the plane and start the keep-alive idle clock."""
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self._client_ip = peer[0].encode("ascii") if peer else b"unknown"
+        if transport.get_extra_info("sslcontext") is not None:
+            self._proto = b"https"
+        self._plane.register(self)
+        if self._plane.draining:
+            self._close()
+            return
+        self.deadline = self._loop.time() + self._snap.timeouts.client_idle
+        self.deadline_kind = K_IDLE
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the request parser (all the work happens in its callbacks)."""
+        if self._closing:
+            return
+        if self._in_head:
+            self._head_raw += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # An Upgrade request (no body, checked in analyse_request) was forwarded as a
+            # plain request; what follows it is another protocol, which we do not speak.
+            self._no_more = True
+            self._pause(P_STOP)
+            if self._active is None:
+                self._close()
+            return
+        except httptools.HttpParserError as exc:
+            if self._closing:
+                return
+            err = self._reject
+            self._reject = None
+            if err is None:
+                cause = exc.__context__
+                if cause is not None and not isinstance(cause, _Reject):
+                    log.error("request parser callback failed", exc_info=cause)
+                err = (
+                    errors.VERSION_NOT_SUPPORTED
+                    if "HTTP version" in str(exc)
+                    else errors.BAD_REQUEST
+                )
+            self._parse_failed(err)
+            return
+        if self._in_head and self._head_raw > self._head_limit:
+            # One header line (or the head) keeps growing past every limit: 431 without
+            # waiting for its end (httptools buffers a field until it is complete).
+            self._parse_failed(errors.HEADERS_TOO_LARGE)
+
+    def eof_received(self) -> bool:
+        """The client half-closed: answer a complete request, abandon an incomplete one."""
+        self._no_more = True
+        ex = self._active
+        if ex is not None and ex.body_done and self._parsing is None and not self._in_head:
+            return True  # keep our side open to send the response (RFC 9112 §9.6)
+        if ex is not None:
+            # EOF mid-request: the upstream exchange must not look complete.
+            self._abandon(ex, Outcome.CLIENT_ABORT)
+        self._close()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The client went away: abandon the exchange in progress (never reused upstream)."""
+        self._closing = True
+        self._plane.unregister(self)
+        ex = self._active
+        if ex is not None:
+            self._abandon(ex, Outcome.CLIENT_ABORT)
+        for queued in self._queue:
+            queued.abandoned = True
+        self._queue.clear()
+
+    def pause_writing(self) -> None:
+        """Our buffer towards the client is full: stop reading the backend."""
+        self.writing_paused = True
+        ex = self._active
+        if ex is not None and ex.up is not None and ex.up.transport is not None:
+            ex.up.transport.pause_reading()
+        # A client that stops reading is on the client-idle clock, not the backend's.
+        self._saved_deadline, self._saved_kind = self.deadline, self.deadline_kind
+        self.deadline = self._loop.time() + self._snap.timeouts.client_idle
+        self.deadline_kind = K_STALL
+        if self.up_kind == U_IDLE:
+            self.up_deadline = _INF
+
+    def resume_writing(self) -> None:
+        """The client caught up: read the backend again."""
+        self.writing_paused = False
+        if self.deadline_kind == K_STALL:
+            self.deadline, self.deadline_kind = self._saved_deadline, self._saved_kind
+        ex = self._active
+        if ex is not None and ex.up is not None and ex.up.transport is not None:
+            ex.up.transport.resume_reading()
+            if self.up_kind == U_IDLE:
+                self.up_deadline = self._loop.time() + ex.snapshot.timeouts.upstream_idle
+
+    # -- httptools callbacks (request) -----------------------------------------------
+
+    def on_message_begin(self) -> None:
+        """A new request starts: read the snapshot once for it, start the head clock."""
+        if self._closing or self._no_more:
+            raise _Reject("connection is closing")
+        snap = self._snap = self._plane.snapshot
+        lim = snap.limits
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._in_head = True
+        self._head_raw = 0
+        self._head_limit = lim.max_request_line + lim.max_header_bytes + 4 * lim.max_headers + 4
+        if self._active is None or self._active.body_done:
+            self.deadline = self._loop.time() + snap.timeouts.request_headers
+            self.deadline_kind = K_HEAD
+
+    def on_url(self, url: bytes) -> None:
+        """Collect the request target (it may arrive in pieces)."""
+        self._url += url
+        if len(self._url) > self._snap.limits.max_request_line:
+            self._reject = errors.URI_TOO_LONG
+            raise _Reject("request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """Collect one header field; trailers after a chunked body are dropped."""
+        if not self._in_head:
+            return  # RFC 9112 §7.1.2: trailer fields are not forwarded
+        lim = self._snap.limits
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > lim.max_header_bytes or len(self._headers) >= lim.max_headers:
+            self._reject = errors.HEADERS_TOO_LARGE
+            raise _Reject("request headers too large")
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        """Validate the head (RFC 9112) and start, or queue, the exchange."""
+        self._in_head = False
+        parser = self._parser
+        version = parser.get_http_version()
+        if version == "1.1":
+            minor = 1
+        elif version == "1.0":
+            minor = 0
+        else:
+            self._reject = errors.VERSION_NOT_SUPPORTED
+            raise _Reject("unsupported HTTP version")
+        method = parser.get_method()
+        if method == b"CONNECT":
+            self._reject = errors.UNSUPPORTED_METHOD
+            raise _Reject("CONNECT")
+        if len(self._url) + len(method) + 10 > self._snap.limits.max_request_line:
+            self._reject = errors.URI_TOO_LONG
+            raise _Reject("request line too long")
+        analysed = analyse_request(
+            method, self._url, minor, self._headers, self._client_ip, self._proto
+        )
+        result = analysed[0]
+        if result != OK:
+            self._reject = (
+                errors.UNSUPPORTED_TRANSFER_CODING
+                if result == E_TRANSFER_CODING
+                else errors.EXPECTATION_FAILED
+                if result == E_EXPECTATION
+                else errors.BAD_REQUEST
+            )
+            raise _Reject("invalid request head")
+        ex = Exchange(self, self._snap, method, minor, self._headers, analysed)
+        self._parsing = ex
+        if self._active is None:
+            self._start(ex)
+        else:
+            self._queue.append(ex)
+            if len(self._queue) >= PIPELINE_LIMIT:
+                self._pause(P_PIPELINE)
+
+    def on_body(self, data: bytes) -> None:
+        """Stream one piece of request body upstream, or hold it until connected."""
+        ex = self._parsing
+        if ex is None or ex.abandoned:
+            return
+        n = len(data)
+        received = ex.body_received = ex.body_received + n
+        if ex.max_body and received > ex.max_body:
+            # Chunked body over the route's limit: stop before forwarding the excess byte.
+            self._body_too_large(ex)
+            raise _Reject("body too large")
+        if ex is self._active:
+            self.deadline = self._loop.time() + ex.snapshot.timeouts.client_body_idle
+            self.deadline_kind = K_BODY
+        up = ex.up
+        if up is not None:
+            transport = up.transport
+            assert transport is not None
+            if ex.framing == FRAME_CHUNKED:
+                transport.writelines((b"%x\r\n" % n, data, CRLF))
+            else:
+                transport.write(data)
+            return
+        pending = ex.pending
+        if pending is None:
+            return  # the upstream exchange is over (the backend answered early)
+        if ex.framing == FRAME_CHUNKED:
+            pending.append(b"%x\r\n" % n)
+            pending.append(data)
+            pending.append(CRLF)
+        else:
+            pending.append(data)
+        ex.pending_bytes += n
+        if ex.pending_bytes > BUFFER_LIMIT:
+            self._pause(P_BUFFER)
+
+    def on_message_complete(self) -> None:
+        """The request (head and body) is fully read."""
+        ex = self._parsing
+        self._parsing = None
+        if ex is None or ex.abandoned:
+            return
+        if ex is self._active and self.deadline_kind == K_BODY:
+            self.deadline = _INF
+            self.deadline_kind = K_NONE
+        if ex.body_done:
+            return
+        ex.body_done = True
+        up = ex.up
+        if up is not None:
+            if ex.framing == FRAME_CHUNKED:
+                assert up.transport is not None
+                up.transport.write(CHUNK_END)
+            up.request_complete()
+            if not up.started:
+                self.up_deadline = self._loop.time() + ex.snapshot.timeouts.upstream_headers
+                self.up_kind = U_HEADERS
+        elif ex.pending is not None and ex.framing == FRAME_CHUNKED:
+            ex.pending.append(CHUNK_END)
+
+    # -- the exchange ------------------------------------------------------------------
+
+    def _start(self, ex: Exchange) -> None:
+        """Route the request and take a lease: the one call into the cluster gate."""
+        self._active = ex
+        plane = self._plane
+        plane.inflight_requests += 1
+        snap = ex.snapshot
+        route = snap.router.match(ex.method, ex.path, ex.host, ex.headers)
+        if route is None:
+            self._local_reply(ex, errors.NO_ROUTE)
+            return
+        max_body = ex.max_body = route.max_body_bytes
+        if max_body and (ex.content_length > max_body or ex.body_received > max_body):
+            # RFC 9110 §15.5.14: refuse before forwarding a byte of an oversized body.
+            self._local_reply(ex, errors.BODY_TOO_LARGE)
+            return
+        gate = route.cluster.begin(route.hash_key(ex.path, ex.query, ex.headers), _now_ns())
+        if type(gate) is Refusal:
+            self._local_reply(ex, errors.refusal(gate.code, gate.retry_after))
+            return
+        ex.lease = gate
+        backend = gate.backend
+        pool = ex.pool = plane.pool(backend.host, backend.port)
+        self.up_deadline = self._loop.time() + snap.timeouts.connect
+        self.up_kind = U_CONNECT
+        if not ex.body_done and self.deadline_kind != K_HEAD:
+            self.deadline = self._loop.time() + snap.timeouts.client_body_idle
+            self.deadline_kind = K_BODY
+        pool.acquire(ex)
+
+    def first_upstream_bytes(self, ex: Exchange) -> bytes:
+        """Head plus the body held so far, for a connection being attached to `ex`."""
+        if ex.flags & F_EXPECT_CONTINUE and not ex.retried:
+            # RFC 9110 §10.1.1: exactly one 100 Continue, sent when we start forwarding;
+            # the backend never sees the Expect header, so it sends no 100 of its own.
+            assert self.transport is not None
+            self.transport.write(CONTINUE_100)
+        pending = ex.pending
+        first = ex.upstream_head
+        if pending:
+            first += b"".join(pending)
+            pending.clear()
+        ex.pending = None
+        ex.pending_bytes = 0
+        if self._pause_bits & P_BUFFER:
+            self._resume(P_BUFFER)
+        if ex.body_done:
+            self.up_deadline = self._loop.time() + ex.snapshot.timeouts.upstream_headers
+            self.up_kind = U_HEADERS
+        else:
+            self.up_deadline = _INF
+            self.up_kind = U_NONE
+        return first
+
+    def may_keep_alive(self, ex: Exchange) -> bool:
+        """Whether the response to `ex` may leave this connection open (RFC 9112 §9.3)."""
+        return (
+            ex.keep_alive
+            and ex.body_done
+            and not self._plane.draining
+            and not self._closing
+            and not self._no_more
+            and self._pending_error is None
+        )
+
+    def response_started(self) -> None:
+        """The response head is on its way: the backend is now on the idle clock."""
+        self.up_deadline = self._loop.time() + self._snap.timeouts.upstream_idle
+        self.up_kind = U_IDLE
+
+    def up_touch(self) -> None:
+        """A byte arrived from the backend: restart the upstream idle clock."""
+        if self.up_kind == U_IDLE:
+            self.up_deadline = self._loop.time() + self._snap.timeouts.upstream_idle
+
+    def response_done(self, ex: Exchange) -> None:
+        """The response was fully relayed: account it, then serve the next request."""
+        self._end_lease(ex, Outcome.HTTP_5XX if ex.status >= 500 else Outcome.OK)
+        self._finish(ex)
+        if self._pending_error is not None:
+            self._send_error(self._pending_error)  # a later pipelined request was bad
+        elif not ex.keep_alive or not ex.body_done:
+            self._close()  # Connection: close was sent (or the body was not read to its end)
+        else:
+            self._next()
+
+    def upstream_failed(
+        self, ex: Exchange, conn: UpstreamConnection, malformed: bool = False
+    ) -> None:
+        """The backend closed, reset or sent garbage before the response was complete."""
+        ex.up = None
+        if ex.abandoned or ex is not self._active:
+            return
+        if not conn.started:
+            if (
+                not malformed
+                and conn.reused
+                and not conn.got_bytes
+                and not ex.retried
+                and ex.framing == FRAME_NONE
+                and ex.method in _IDEMPOTENT
+                and ex.pool is not None
+            ):
+                # A pooled connection the backend closed while idle (RFC 9112 §9.3.1):
+                # nothing was processed, so an idempotent request is sent once more.
+                ex.retried = True
+                ex.pending = []
+                ex.pool.acquire(ex)
+                return
+            self._end_lease(ex, Outcome.RESET)
+            self._fail(ex, errors.BACKEND_FAILED)
+            return
+        # Mid-body: the client keeps what arrived, then the connection closes; never a
+        # clean chunked end or a complete-looking response.
+        self._end_lease(ex, Outcome.RESET)
+        self._finish(ex)
+        self._close()
+
+    def connect_failed(self, ex: Exchange, exc: BaseException) -> None:
+        """The TCP connect to the backend failed (refused, unreachable): 502."""
+        if ex is not self._active:
+            return
+        self._end_lease(ex, Outcome.CONNECT_FAILED)
+        self._fail(ex, errors.BACKEND_CONNECT_FAILED)
+
+    def pause_for_upstream(self) -> None:
+        """The backend's write buffer is full: stop reading the client."""
+        self._pause(P_UPSTREAM)
+
+    def resume_for_upstream(self) -> None:
+        """The backend drained its write buffer: read the client again."""
+        self._resume(P_UPSTREAM)
+
+    # -- endings -----------------------------------------------------------------------
+
+    def _end_lease(self, ex: Exchange, outcome: Outcome) -> None:
+        """End the lease exactly once (the only call to Lease.end in the data plane)."""
+        lease = ex.lease
+        if lease is not None:
+            ex.lease = None
+            lease.end(outcome, _now_ns(), ex.status)
+
+    def _finish(self, ex: Exchange) -> None:
+        """Bookkeeping when the active exchange is over, however it ended."""
+        if self._active is ex:
+            self._active = None
+            self._plane.inflight_requests -= 1
+        self.up_deadline = _INF
+        self.up_kind = U_NONE
+        if self._pause_bits & P_UPSTREAM:
+            self._resume(P_UPSTREAM)
+
+    def _abandon(self, ex: Exchange, outcome: Outcome) -> None:
+        """Drop the upstream side of `ex` (connection closed, never reused) and end it."""
+        ex.abandoned = True
+        up = ex.up
+        if up is not None:
+            ex.up = None
+            up.abort()
+        task = ex.connect_task
+        if task is not None:
+            ex.connect_task = None
+            task.cancel()
+        self._end_lease(ex, outcome)
+        self._finish(ex)
+
+    def _next(self) -> None:
+        """Serve the next pipelined request, or wait idle for one."""
+        if self._pending_error is not None:
+            self._send_error(self._pending_error)
+            return
+        if self._no_more:
+            self._close()
+            return
+        queue = self._queue
+        if queue:
+            ex = queue.popleft()
+            if self._pause_bits & P_PIPELINE and len(queue) < PIPELINE_LIMIT // 2:
+                self._resume(P_PIPELINE)
+            self._start(ex)
+            return
+        if self._in_head or self._parsing is not None:
+            return  # the next request is arriving; its own clocks run
+        if self._plane.draining:
+            self._close()
+            return
+        self.deadline = self._loop.time() + self._snap.timeouts.client_idle
+        self.deadline_kind = K_IDLE
+
+    def _local_reply(self, ex: Exchange, err: ProxyError) -> None:
+        """Answer `ex` ourselves (404, 413, 503) before any upstream byte was sent."""
+        ex.abandoned = True
+        self._finish(ex)
+        if err is errors.NO_ROUTE and not self.may_keep_alive(ex):
+            err = errors.NO_ROUTE_CLOSE
+        if err.close:
+            self._send_error(err)
+            return
+        assert self.transport is not None
+        self.transport.write(err.wire)
+        self._next()
+
+    def _fail(self, ex: Exchange, err: ProxyError) -> None:
+        """Answer an exchange whose upstream side failed before a response head."""
+        self._finish(ex)
+        ex.abandoned = True
+        self._send_error(err)
+
+    def _send_error(self, err: ProxyError) -> None:
+        """Write a (Connection: close) error response and close once it is flushed."""
+        if self._closing:
+            return
+        assert self.transport is not None
+        self.transport.write(err.wire)
+        self._close()
+
+    def _parse_failed(self, err: ProxyError) -> None:
+        """The request stream is broken at this point: nothing after it is parsed."""
+        self._no_more = True
+        self._pause(P_STOP)
+        ex = self._active
+        if ex is None:
+            self._send_error(err)
+            return
+        if ex is self._parsing or not ex.body_done:
+            # The broken bytes were the active request's own body: its upstream exchange
+            # must not complete (it would look like a whole request).
+            started = ex.up is not None and ex.up.started
+            self._abandon(ex, Outcome.CLIENT_ABORT)
+            if started:
+                self._close()
+            else:
+                self._send_error(err)
+            return
+        self._pending_error = err  # answered after the in-flight response, in order
+
+    def _body_too_large(self, ex: Exchange) -> None:
+        """The running total of a chunked body passed the route's limit: 413 or abort."""
+        started = ex.up is not None and ex.up.started
+        self._no_more = True
+        self._abandon(ex, Outcome.CLIENT_ABORT)
+        if started:
+            self._close()
+        else:
+            self._send_error(errors.BODY_TOO_LARGE)
+
+    def _close(self) -> None:
+        """Close after what is buffered has been written."""
+        if not self._closing:
+            self._closing = True
+            self.deadline = _INF
+            self.up_deadline = _INF
+            if self.transport is not None:
+                self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection now (drain deadline passed)."""
+        ex = self._active
+        if ex is not None:
+            self._abandon(ex, Outcome.CLIENT_ABORT)
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _pause(self, bit: int) -> None:
+        if not self._pause_bits and self.transport is not None:
+            self.transport.pause_reading()
+        self._pause_bits |= bit
+
+    def _resume(self, bit: int) -> None:
+        if self._pause_bits & bit:
+            self._pause_bits &= ~bit
+            if not self._pause_bits and self.transport is not None and not self._closing:
+                self.transport.resume_reading()
+
+    # -- timers (driven by the plane's ticker) -----------------------------------------
+
+    def drain(self) -> None:
+        """Close now if idle; otherwise the next response carries Connection: close."""
+        if self._active is None and not self._in_head and self._parsing is None:
+            self._close()
+
+    def client_timeout(self) -> None:
+        """The client-side deadline passed."""
+        kind = self.deadline_kind
+        self.deadline = _INF
+        self.deadline_kind = K_NONE
+        if kind in (K_IDLE, K_STALL):
+            if kind == K_STALL and self._active is not None:
+                self._abandon(self._active, Outcome.CLIENT_ABORT)
+            self._close()
+        elif kind == K_HEAD:
+            if self._active is not None:
+                self._no_more = True
+                self._pause(P_STOP)
+                self._pending_error = errors.REQUEST_TIMEOUT
+            else:
+                self._send_error(errors.REQUEST_TIMEOUT)
+        elif kind == K_BODY:
+            ex = self._active
+            started = ex is not None and ex.up is not None and ex.up.started
+            if ex is not None:
+                self._abandon(ex, Outcome.CLIENT_ABORT)
+            if started:
+                self._close()
+            else:
+                self._send_error(errors.REQUEST_TIMEOUT)
+
+    def upstream_timeout(self) -> None:
+        """The upstream-side deadline passed (connect, response head or idle mid-body)."""
+        self.up_deadline = _INF
+        self.up_kind = U_NONE
+        ex = self._active
+        if ex is None:
+            return
+        started = ex.up is not None and ex.up.started
+        self._abandon(ex, Outcome.TIMEOUT)
+        if started:
+            # Mid-body: abort both sides; the client must not see a complete response.
+            self._closing = True
+            if self.transport is not None:
+                self.transport.abort()
+        else:
+            self._send_error(errors.BACKEND_TIMEOUT)

@@ -1,0 +1,61 @@
+"""Snapshots: everything a request reads, built off the request path and swapped whole.
+
+Owns `Snapshot` (frozen: routes, clusters with their selectors, timeouts, limits) and
+`build_snapshot`, which turns a validated `Config` into one. The controller stores a new
+snapshot with a single assignment (`dataplane.snapshot = new`); a request reads it once
+and uses only that object until it ends. Must not touch sockets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import final
+
+from lbproxy.cluster import Cluster, ClusterState
+from lbproxy.config import Config, Limits, Timeouts, Upstream
+from lbproxy.routing import Route, Router
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One immutable view of the configuration the data plane serves from."""
+
+    version: int
+    config: Config
+    router: Router
+    clusters: Mapping[str, Cluster]
+    timeouts: Timeouts
+    limits: Limits
+    upstream: Upstream
+
+
+def build_snapshot(cfg: Config, states: dict[str, ClusterState] | None = None,
+                   version: int = 1) -> Snapshot:
+    """Build a snapshot; `states` (by cluster name) is created into and reused across calls."""
+    if states is None:
+        states = {}
+    for gone in [name for name in states if name not in cfg.clusters]:
+        # In-flight leases hold their ClusterState directly, so dropping it here is safe.
+        del states[gone]
+    clusters: dict[str, Cluster] = {}
+    for name, cc in cfg.clusters.items():
+        state = states.get(name)
+        if state is None:
+            state = states[name] = ClusterState(name)
+        clusters[name] = Cluster(name, cc, state)
+    routes = [
+        Route.from_config(rc, clusters[rc.cluster], cfg.limits.max_body_bytes)
+        for rc in cfg.routes
+    ]
+    return Snapshot(
+        version=version,
+        config=cfg,
+        router=Router(routes),
+        clusters=MappingProxyType(clusters),
+        timeouts=cfg.timeouts,
+        limits=cfg.limits,
+        upstream=cfg.upstream,
+    )

@@ -1,0 +1,347 @@
+"""Failure modes: backend refusal/reset/death, client aborts, every timeout, bad responses.
+
+Each test also checks the lease accounting: one `Lease.end()` per request, with the
+outcome the failure deserves, and nothing left in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+import pytest
+from proxy_harness import (
+    Backend,
+    Client,
+    Proxy,
+    exchange,
+    header_of,
+    make_config,
+    on_uvloop,
+    pattern,
+    running,
+    status_of,
+)
+
+from lbproxy.cluster import Outcome
+
+H = b"Host: a\r\n"
+FAST = {"request_headers": 0.3, "client_body_idle": 0.3, "client_idle": 0.3, "connect": 0.3,
+        "upstream_headers": 0.3, "upstream_idle": 0.3}
+
+
+def outcomes(proxy: Proxy) -> dict[Outcome, int]:
+    """Lease outcomes summed over the cluster's backends (and nothing in flight)."""
+    state = proxy.snapshot.clusters["c"].state
+    total = {o: 0 for o in Outcome}
+    for address, slot in state.slots.items():
+        assert state.inflight(address) == 0
+        for o in Outcome:
+            total[o] += state.counters[slot].by_outcome[o]
+    return {o: n for o, n in total.items() if n}
+
+
+async def wait_for(cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    """Poll `cond()` until true (bounded)."""
+    end = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < end, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+async def never_answers(b: Backend, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> None:
+    """Backend handler: read the request, then never answer."""
+    await b.read(reader)
+    await reader.read()
+
+
+@on_uvloop
+async def test_backend_refusing_connections_is_502_connect_failed() -> None:
+    backend = await Backend().start()
+    await backend.stop()  # the port is now closed: connect() is refused
+    async with running(backend) as proxy:
+        out = await exchange(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+        assert status_of(out) == 502
+        assert header_of(out, b"x-lbproxy-error") == b"backend_connect_failed"
+        assert outcomes(proxy) == {Outcome.CONNECT_FAILED: 1}
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+@on_uvloop
+async def test_backend_dying_before_the_response_is_502(how: str) -> None:
+    async def handler(b: Backend, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        await b.read(reader)
+        if how == "reset":
+            sock = writer.get_extra_info("socket")
+            linger_zero = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # close() sends RST
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger_zero)
+        writer.transport.abort() if how == "reset" else writer.close()
+
+    backend = Backend(handler=handler)
+    async with running(backend) as proxy:
+        out = await exchange(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+        assert status_of(out) == 502
+        assert header_of(out, b"x-lbproxy-error") == b"backend_failed"
+        assert outcomes(proxy) == {Outcome.RESET: 1}
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["fixed", "chunked"])
+@on_uvloop
+async def test_backend_dying_mid_body_never_looks_complete(chunked: bool) -> None:
+    async def handler(b: Backend, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        await b.read(reader)
+        framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: 100000"
+        writer.write(b"HTTP/1.1 200 OK\r\n" + framing + b"\r\n\r\n")
+        data = b"x" * 50_000
+        writer.write(b"c350\r\n" + data + b"\r\n" if chunked else data)
+        await writer.drain()
+        writer.transport.abort()
+
+    backend = Backend(handler=handler)
+    async with running(backend) as proxy:
+        c = await Client.connect(proxy.port)
+        await c.send(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+        resp = await c.response()
+        assert resp.status == 200 and resp.body_len == 50_000  # what arrived was relayed
+        assert not resp.complete  # ... then the connection closed: never a clean end
+        c.close()
+        assert outcomes(proxy) == {Outcome.RESET: 1}
+
+
+@on_uvloop
+async def test_client_abort_mid_upload_aborts_the_upstream_exchange() -> None:
+    backend = Backend()
+    async with running(backend) as proxy:
+        c = await Client.connect(proxy.port)
+        await c.send(b"POST /up HTTP/1.1\r\n" + H + b"Content-Length: 1000000\r\n\r\n")
+        await c.send_stream(pattern(100_000))
+        await wait_for(lambda: len(backend.raw) > 100_000)
+        c.writer.transport.abort()
+        # the upstream connection is closed by the proxy: the backend sees EOF mid-body
+        await wait_for(lambda: backend.writers and backend.writers[0].is_closing())
+        assert not backend.requests
+        await wait_for(lambda: outcomes(proxy) == {Outcome.CLIENT_ABORT: 1})
+        # and it is not reused: the next request opens a new upstream connection
+        out = await exchange(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+        assert status_of(out) == 200
+    assert backend.connections == 2
+
+
+@on_uvloop
+async def test_slow_request_head_is_408() -> None:
+    backend = Backend()
+    async with running(backend, timeouts=FAST) as proxy:
+        c = await Client.connect(proxy.port)
+        await c.send(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+        out = await c.read_all(3)
+        c.close()
+    assert status_of(out) == 408 and header_of(out, b"x-lbproxy-error") == b"request_timeout"
+    assert backend.connections == 0
+
+
+@on_uvloop
+async def test_client_body_idle_is_408_and_upstream_aborted() -> None:
+    backend = Backend()
+    async with running(backend, timeouts=FAST) as proxy:
+        c = await Client.connect(proxy.port)
+        await c.send(b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 10\r\n\r\nab")
+        out = await c.read_all(3)
+        c.close()
+        assert status_of(out) == 408
+        await wait_for(lambda: outcomes(proxy) == {Outcome.CLIENT_ABORT: 1})
+    assert not backend.requests  # the backend never saw a complete request
+
+
+@on_uvloop
+async def test_keep_alive_idle_connection_closed_silently() -> None:
+    backend = Backend()
+    async with running(backend, timeouts=FAST) as proxy:
+        c = await Client.connect(proxy.port)
+        await c.send(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+        assert (await c.response()).status == 200
+        assert await c.closed(3)
+        assert c.buffer == b""  # no bytes: a silent close
+        c.close()
+
+
+@on_uvloop
+async def test_connect_timeout_is_504() -> None:
+    # A listener whose accept queue is full drops SYNs: connect() hangs (Linux).
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(0)
+    fillers = []
+    for _ in range(4):
+        s = socket.socket()
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            s.connect(lsock.getsockname())
+        fillers.append(s)
+    await asyncio.sleep(0.05)
+    backend = Backend()
+    backend.port = lsock.getsockname()[1]
+    proxy = await Proxy(make_config([backend], timeouts=FAST)).start()
+    try:
+        out = await exchange(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"\r\n", 3)
+        assert status_of(out) == 504 and header_of(out, b"x-lbproxy-error") == b"backend_timeout"
+        assert outcomes(proxy) == {Outcome.TIMEOUT: 1}
+    finally:
+        await proxy.stop()
+        for s in fillers:
+            s.close()
+        lsock.close()
+
+
+@on_uvloop
+async def test_no_response_head_is_504() -> None:
+    backend = Backend(handler=never_answers)
+    async with running(backend, timeouts=FAST) as proxy:
+        out = await exchange(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"\r\n", 3)
+        assert status_of(out) == 504 and header_of(out, b"x-lbproxy-error") == b"backend_timeout"
+        assert outcomes(proxy) == {Outcome.TIMEOUT: 1}
+
+
+@on_uvloop
+async def test_upstream_idle_mid_body_aborts_both_sides() -> None:
+    async def handler(b: Backend, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        await b.read(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"y" * 10)
+        await writer.drain()
+        await reader.read()  # stalls mid-body
+
+    backend = Backend(handler=handler)
+    async with running(backend, timeouts=FAST) as proxy:
+        c = await Client.connect(proxy.port)
+        await c.send(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+        resp = await c.response(timeout=3)
+        c.close()
+        assert resp.status == 200 and not resp.complete
+        assert outcomes(proxy) == {Outcome.TIMEOUT: 1}
+        await wait_for(lambda: backend.writers[0].is_closing())
+
+
+BAD_RESPONSES = [
+    ("garbage", b"HTTP/1.1 OOPS\r\n\r\n"),
+    ("not_http", b"SSH-2.0-OpenSSH\r\n"),
+    ("cl_and_te", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"),
+    ("cl_differ", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok"),
+    ("te_gzip", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nok"),
+    ("space_before_colon", b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok"),
+    ("obs_fold", b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 2\r\n\r\nok"),
+    ("switching_protocols", b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n"),
+    ("http_2", b"HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+]
+
+
+@pytest.mark.parametrize("raw", [r for _, r in BAD_RESPONSES], ids=[n for n, _ in BAD_RESPONSES])
+@on_uvloop
+async def test_malformed_backend_response_is_502_and_connection_discarded(raw: bytes) -> None:
+    async def handler(b: Backend, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        await b.read(reader)
+        good = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        writer.write(raw if b.connections == 1 else good)
+        await writer.drain()
+        await reader.read()
+
+    backend = Backend(handler=handler)
+    async with running(backend) as proxy:
+        out = await exchange(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"\r\n", 3)
+        assert status_of(out) == 502 and header_of(out, b"x-lbproxy-error") == b"backend_failed"
+        out2 = await exchange(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+        assert status_of(out2) == 200
+    assert backend.connections == 2
+
+
+@on_uvloop
+async def test_refusal_is_503_with_retry_after() -> None:
+    backend = Backend()
+    async with running(backend) as proxy:
+        proxy.snapshot.clusters["c"].state.set_drain(backend.address, True)
+        out = await exchange(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+    assert status_of(out) == 503
+    assert header_of(out, b"x-lbproxy-error") == b"no_healthy_backend"
+    assert header_of(out, b"retry-after") == b"1"
+    assert backend.connections == 0
+
+
+@on_uvloop
+async def test_drain_finishes_in_flight_with_zero_failures() -> None:
+    release = asyncio.Event()
+    arrived = 0
+
+    async def handler(b: Backend, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        nonlocal arrived
+        while True:
+            data = await b.read(reader)
+            if not data:
+                return
+            arrived += 1
+            await release.wait()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 65536\r\n\r\n" + b"z" * 65536)
+            await writer.drain()
+
+    backend = Backend(handler=handler)
+    async with running(backend) as proxy:
+        idle = await Client.connect(proxy.port)
+        clients = [await Client.connect(proxy.port) for _ in range(32)]
+        for c in clients:
+            await c.send(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+        await wait_for(lambda: arrived == 32)
+        assert proxy.plane.inflight_requests == 32
+        drain = asyncio.ensure_future(proxy.plane.drain(5))
+        assert await idle.closed(2)  # idle connections close at once
+        release.set()
+        responses = [await c.response() for c in clients]
+        await asyncio.wait_for(drain, 5)
+        assert all(r.status == 200 and r.complete and r.body_len == 65536 for r in responses)
+        assert all(r.header(b"connection") == b"close" for r in responses)
+        assert all([await c.closed(2) for c in clients])
+        assert proxy.plane.active_connections == 0 and proxy.plane.inflight_requests == 0
+        assert outcomes(proxy) == {Outcome.OK: 32}
+        for c in clients:
+            c.close()
+        idle.close()
+
+
+@on_uvloop
+async def test_drain_deadline_aborts_what_remains() -> None:
+    backend = Backend(handler=never_answers)
+    async with running(backend) as proxy:
+        c = await Client.connect(proxy.port)
+        await c.send(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+        await wait_for(lambda: backend.raw)
+        await asyncio.wait_for(proxy.plane.drain(0.2), 2)
+        assert await c.closed(2)
+        assert proxy.plane.active_connections == 0
+        assert outcomes(proxy) == {Outcome.CLIENT_ABORT: 1}
+        c.close()
+
+
+@on_uvloop
+async def test_stale_pooled_connection_is_retried_for_idempotent_requests() -> None:
+    async def handler(b: Backend, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        await b.read(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        if b.connections == 1:
+            await b.read(reader)  # the second request arrives ... and the backend closes
+            return
+        await reader.read()
+
+    backend = Backend(handler=handler)
+    async with running(backend) as proxy:
+        c = await Client.connect(proxy.port)
+        for _ in range(2):
+            await c.send(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+            assert (await c.response()).status == 200
+        c.close()
+        assert outcomes(proxy) == {Outcome.OK: 2}
+    assert backend.connections == 2

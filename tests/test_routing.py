@@ -1,0 +1,116 @@
+"""Routing: first match wins over prefix, methods, host and headers; hash keys per kind."""
+
+import pytest
+
+from lbproxy.routing import Route, Router, cookie_value, normalise_host
+
+A, B, C, D = "cluster-a", "cluster-b", "cluster-c", "cluster-d"
+
+
+def _router():
+    return Router([
+        Route(A, path_prefix="/upload", methods=["POST", "PUT"]),
+        Route(B, path_prefix="/api", host="API.example.com"),
+        Route(C, path_prefix="/v/", headers={"X-Tier": "gold"}),
+        Route(D, path_prefix="/v/"),
+    ])
+
+
+def _cluster(router, method, path, host=b"", headers=()):
+    route = router.match(method, path, host, list(headers))
+    return None if route is None else route.cluster
+
+
+def test_first_matching_route_wins_in_order():
+    r = Router([Route(A, path_prefix="/"), Route(B, path_prefix="/v/")])
+    assert _cluster(r, b"GET", b"/v/1/2") == A  # the earlier, broader route wins
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "host", "headers", "want"),
+    [
+        (b"POST", b"/upload/x", b"", (), A),
+        (b"PUT", b"/upload", b"", (), A),
+        (b"GET", b"/upload/x", b"", (), None),  # method excluded, nothing else has /upload
+        (b"GET", b"/api/q", b"api.example.com", (), B),
+        (b"GET", b"/api/q", b"API.Example.COM:8443", (), B),  # case-insensitive, port ignored
+        (b"GET", b"/api/q", b"api.example.com.", (), B),  # root-label dot
+        (b"GET", b"/api/q", b"other.example.com", (), None),
+        (b"GET", b"/v/1/2", b"", ((b"x-tier", b"gold"),), C),
+        (b"GET", b"/v/1/2", b"", ((b"x-tier", b"silver"),), D),  # exact value only
+        (b"GET", b"/v/1/2", b"", ((b"x-other", b"1"), (b"x-tier", b"gold")), C),
+        (b"GET", b"/v/1/2", b"", (), D),
+        (b"GET", b"/nothing", b"", (), None),  # → 404
+    ],
+)
+def test_match_conditions(method, path, host, headers, want):
+    assert _cluster(_router(), method, path, host, headers) == want
+
+
+def test_ipv6_host_port_is_ignored():
+    assert normalise_host(b"[::1]:8080") == b"[::1]"
+    r = Router([Route(A, path_prefix="/", host="[::1]")])
+    assert _cluster(r, b"GET", b"/", b"[::1]:8080") == A
+
+
+def test_path_regex_key_is_the_same_for_every_segment_of_a_video():
+    route = Route(A, hash_on="path_regex:^/v/([^/]+)/")
+    keys = {route.hash_key(f"/v/abc123/{i}.ts".encode(), b"", []) for i in range(50)}
+    assert keys == {b"abc123"}
+    assert route.hash_key(b"/v/other/1.ts", b"", []) == b"other"
+    assert route.hash_key(b"/elsewhere", b"", []) == b"/elsewhere"  # no match → path
+
+
+def test_default_key_is_the_path():
+    assert Route(A).hash_key(b"/v/1/2", b"a=b", []) == b"/v/1/2"
+    assert Route(A, hash_on="path").hash_key(b"/x", b"", []) == b"/x"
+
+
+def test_header_key_names_are_case_insensitive():
+    route = Route(A, hash_on="header:X-User")
+    assert route.hash_key(b"/", b"", [(b"x-user", b"u1")]) == b"u1"
+    assert route.hash_key(b"/", b"", [(b"x-other", b"u1")]) == b""
+
+
+@pytest.mark.parametrize(
+    ("query", "want"),
+    [
+        (b"sid=42", b"42"),
+        (b"a=1&sid=42&sid=43", b"42"),  # first occurrence
+        (b"sids=1&xsid=2", b""),
+        (b"sid", b""),  # present without a value
+        (b"sid=a%20b", b"a%20b"),  # not percent-decoded (documented)
+        (b"", b""),
+    ],
+)
+def test_query_key(query, want):
+    assert Route(A, hash_on="query:sid").hash_key(b"/", query, []) == want
+
+
+@pytest.mark.parametrize(
+    ("cookies", "want"),
+    [
+        ([b"sid=abc"], b"abc"),
+        ([b"a=1; sid=abc; b=2"], b"abc"),
+        ([b"a=1", b"sid=zzz"], b"zzz"),  # split over several Cookie fields (RFC 9113 §8.2.3)
+        ([b'sid="quoted"'], b"quoted"),  # DQUOTEd cookie-value (RFC 6265 §4.1.1)
+        ([b"xsid=1; sidx=2"], b""),
+        ([], b""),
+    ],
+)
+def test_cookie_key(cookies, want):
+    headers = [(b"cookie", c) for c in cookies]
+    assert Route(A, hash_on="cookie:sid").hash_key(b"/", b"", headers) == want
+
+
+def test_cookie_value_none_when_absent_but_empty_when_empty():
+    assert cookie_value([(b"cookie", b"sid=")], b"sid") == b""
+    assert cookie_value([(b"cookie", b"a=1")], b"sid") is None
+
+
+def test_max_body_bytes_route_override_else_default():
+    from lbproxy.config import RouteConfig
+
+    assert Route.from_config(RouteConfig(cluster="a"), A, 100).max_body_bytes == 100
+    rc = RouteConfig(cluster="a", max_body_bytes=5)
+    assert Route.from_config(rc, A, 100).max_body_bytes == 5

@@ -1,0 +1,395 @@
+"""Server start-up, workers, signals, drain, admin API and TLS, on real sockets.
+
+These run the real `lbproxy.proxy.DataPlane` against backends the test starts, except the
+SO_REUSEPORT spread test, which uses `standin_dataplane.StandInDataPlane` (tests only)
+because it must see which worker process answered.
+"""
+
+import asyncio
+import json
+import os
+import signal
+import ssl
+
+import aiohttp
+import pytest
+import trustme
+from aiohttp import web
+from ctl_support import (
+    ADMIN,
+    LISTENING,
+    STANDIN,
+    http_get,
+    spawn,
+    stop,
+    toml_config,
+    wait_for_lines,
+)
+
+from lbproxy import config, demo, server
+from lbproxy.cluster import Lease, Outcome
+from lbproxy.proxy import DataPlane
+
+pytestmark = pytest.mark.timeout(90)
+
+
+async def _admin_json(port, path):
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}{path}") as r:
+        return r.status, await r.json()
+
+
+def _write(tmp_path, text, name="c.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+@pytest.fixture
+async def origins():
+    """Three demo segment origins; yields their addresses."""
+    runners, addresses = [], []
+    for i in range(3):
+        runner, port = await demo.start_segment_origin("127.0.0.1", 0, f"origin-{i + 1}")
+        runners.append(runner)
+        addresses.append(f"127.0.0.1:{port}")
+    yield addresses
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def held_origin():
+    """An origin whose answers wait until the test sets `release`; yields (address, ...)."""
+    release = asyncio.Event()
+    arrived = []
+
+    async def handle(request):
+        arrived.append(request.path)
+        await release.wait()
+        return web.Response(text="released")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    from lbproxy.webapp import start_app
+
+    runner, port = await start_app(app, "127.0.0.1", 0)
+    yield f"127.0.0.1:{port}", release, arrived
+    release.set()
+    await runner.cleanup()
+
+
+async def _until(predicate, timeout=10.0):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_run_proxies_then_exits_0_on_signal(tmp_path, origins, sig):
+    cfg = toml_config("127.0.0.1:0", "127.0.0.1:0", origins)
+    proc = await spawn("run", "-c", _write(tmp_path, cfg), dataplane=None)
+    try:
+        found, seen = await wait_for_lines(proc, LISTENING, 1)
+        assert found, seen
+        assert found[0].group(3, 4) == (b"1", b"1")
+        port = int(found[0].group(2))
+        status, body = await http_get("127.0.0.1", port, "/v/abc/1.ts")
+        assert status == 200 and body == demo.segment_content("abc", "1.ts")
+    finally:
+        proc.send_signal(sig)
+        rc, err = await stop(proc)
+    assert rc == 0, err
+    assert b"draining" in err and b"stopped" in err
+
+
+@pytest.fixture
+async def standin_workers(tmp_path):
+    """`lbproxy run --workers 2` with the stand-in; yields (proc, listening matches, admin port).
+
+    The fixture stops the process and asserts it exited 0.
+    """
+    cfg = _write(tmp_path, toml_config("127.0.0.1:0", "127.0.0.1:0"))
+    proc = await spawn("run", "-c", cfg, "--workers", "2", dataplane=STANDIN)
+    try:
+        found, seen = await wait_for_lines(proc, LISTENING, 2)
+        assert len(found) == 2, seen
+        admin, seen2 = await wait_for_lines(proc, ADMIN, 1)
+        assert admin, seen + seen2
+        yield proc, found, int(admin[0].group(2))
+    finally:
+        rc, err = await stop(proc)
+    assert rc == 0, err
+
+
+async def _answering_pids(port, want=2):
+    """Worker pids seen answering on `port` (bounded: the kernel spreads by 4-tuple hash)."""
+    pids = set()
+    for _ in range(300):
+        status, body = await http_get("127.0.0.1", port)
+        assert status == 200
+        pids.add(int(body.split(b"=")[1]))
+        if len(pids) == want:
+            break
+    return pids
+
+
+async def test_two_workers_both_accept_on_one_port(standin_workers):
+    _, found, admin_port = standin_workers
+    assert sorted(m.group(3) for m in found) == [b"1", b"2"]
+    ports = {m.group(2) for m in found}
+    assert len(ports) == 1  # both bound the same port (SO_REUSEPORT)
+    assert len(await _answering_pids(int(ports.pop()))) == 2
+    status, ready = await _admin_json(admin_port, "/ready")
+    assert (status, ready["ready"]) == (200, True)
+    status, doc = await _admin_json(admin_port, "/clusters")
+    assert status == 200
+    seg = doc["clusters"]["segments"]
+    assert seg["policy"] == "maglev" and seg["version"] == 1
+    assert [b["inflight"] for b in seg["backends"]] == [0, 0, 0]
+
+
+@pytest.fixture
+async def in_process(held_origin):
+    """`server.serve` in this loop with the real data plane; yields a small handle."""
+    held, _, _ = held_origin
+    cfg = config.from_dict({
+        "listener": {"bind": "127.0.0.1:0"},
+        "admin": {"bind": "127.0.0.1:0", "token": "t"},
+        "timeouts": {"drain": 10.0},
+        "clusters": {
+            "segments": {"policy": "maglev", "table_size": 101,
+                         "backends": ["127.0.0.1:9001", {"address": "127.0.0.1:9002",
+                                                         "weight": 3, "zone": "b"}]},
+            "uploads": {"policy": "p2c", "backends": ["127.0.0.1:9101"]},
+            "held": {"backends": [held]},
+        },
+        "routes": [{"path_prefix": "/upload", "cluster": "uploads"},
+                   {"path_prefix": "/held", "cluster": "held"},
+                   {"cluster": "segments"}],
+    })
+    stop_event = asyncio.Event()
+    ready: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def on_ready(listener, admin):
+        ready.set_result((listener, admin))
+
+    task = asyncio.create_task(server.serve(cfg, dataplane=DataPlane,
+                                            stop=stop_event, on_ready=on_ready))
+    listener, admin = await asyncio.wait_for(ready, 20)
+    admin_port = admin._runner.addresses[0][1]
+    yield listener, admin, admin_port, stop_event, task
+    stop_event.set()
+    await asyncio.wait_for(task, 20)
+
+
+async def test_clusters_has_the_contract_shape_and_live_inflight(in_process):
+    _, admin, admin_port, _, _ = in_process
+    snap = admin.snapshot
+    lease = snap.clusters["segments"].begin(b"/v/x/", 0)
+    assert isinstance(lease, Lease)
+    snap.clusters["segments"].state.set_drain("127.0.0.1:9001", True)
+    status, doc = await _admin_json(admin_port, "/clusters")
+    lease.end(Outcome.OK, 10)
+    assert status == 200
+    assert set(doc) == {"clusters"}
+    assert set(doc["clusters"]) == {"segments", "uploads", "held"}
+    seg = doc["clusters"]["segments"]
+    assert seg["policy"] == "maglev" and seg["version"] == 1
+    by_addr = {b["address"]: b for b in seg["backends"]}
+    for b in seg["backends"]:
+        assert {"address", "weight", "zone", "state", "healthy", "inflight"} <= set(b)
+        assert b["healthy"] is True
+    assert by_addr["127.0.0.1:9002"]["weight"] == 3 and by_addr["127.0.0.1:9002"]["zone"] == "b"
+    assert by_addr["127.0.0.1:9001"]["state"] == "drain"
+    assert by_addr["127.0.0.1:9002"]["state"] == "active"
+    assert by_addr[lease.backend.address]["inflight"] == 1
+    assert doc["clusters"]["uploads"]["policy"] == "p2c"
+    _, doc = await _admin_json(admin_port, "/clusters")
+    assert all(b["inflight"] == 0 for b in doc["clusters"]["segments"]["backends"])
+
+
+async def test_snapshot_is_swapped_by_one_assignment(in_process):
+    _, admin, admin_port, _, _ = in_process
+    from lbproxy.snapshot import build_snapshot
+
+    new = build_snapshot(admin.snapshot.config, {}, 7)
+    admin.snapshot = new
+    _, doc = await _admin_json(admin_port, "/clusters")
+    assert doc["clusters"]["segments"]["version"] == 7
+
+
+async def test_drain_finishes_in_flight_requests_and_ready_goes_503(in_process, held_origin):
+    listener, admin, admin_port, stop_event, task = in_process
+    _, release, arrived = held_origin
+    assert (await _admin_json(admin_port, "/ready"))[0] == 200
+    pending = asyncio.create_task(http_get("127.0.0.1", listener.port, "/held/1", timeout=30))
+    await _until(lambda: arrived)
+    _, doc = await _admin_json(admin_port, "/clusters")
+    assert doc["clusters"]["held"]["backends"][0]["inflight"] == 1
+    stop_event.set()
+    await _until(lambda: admin.draining)
+    status, body = await _admin_json(admin_port, "/ready")
+    assert (status, body) == (503, {"ready": False, "reason": "draining"})
+    with pytest.raises(OSError):  # the listener no longer accepts
+        await http_get("127.0.0.1", listener.port, timeout=2)
+    assert not task.done() and not pending.done()
+    release.set()
+    assert await pending == (200, b"released")  # the in-flight request was finished
+    await asyncio.wait_for(task, 20)
+
+
+def test_ready_is_503_while_starting():
+    from lbproxy.admin import AdminAPI
+    from lbproxy.snapshot import build_snapshot
+
+    cfg = config.from_dict({"clusters": {"a": {"backends": ["127.0.0.1:1"]}},
+                            "routes": [{"cluster": "a"}]})
+    api = AdminAPI(build_snapshot(cfg))
+    assert not api.accepting and not api.draining
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    d = tmp_path_factory.mktemp("tls")
+    cert.private_key_pem.write_to_path(str(d / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(d / "cert.pem"))
+    with open(d / "cert.pem", "ab") as f:
+        for pem in cert.cert_chain_pems[1:]:
+            f.write(pem.bytes())
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return d / "cert.pem", d / "key.pem", client
+
+
+def test_ssl_context_from_listener_tls(tls_files):
+    cert, key, _ = tls_files
+    ctx = server.build_ssl_context(config.TLS(cert=str(cert), key=str(key)))
+    assert ctx.minimum_version >= ssl.TLSVersion.TLSv1_2
+    with pytest.raises(ssl.SSLError):
+        server.build_ssl_context(config.TLS(cert=str(key), key=str(key)))
+
+
+async def test_tls_listener_proxies_https(tmp_path, tls_files, origins):
+    cert, key, client = tls_files
+    extra = f'tls = {{ cert = "{cert}", key = "{key}" }}'
+    cfg = toml_config("127.0.0.1:0", "127.0.0.1:0", origins, extra=extra)
+    proc = await spawn("run", "-c", _write(tmp_path, cfg), dataplane=None)
+    try:
+        found, seen = await wait_for_lines(proc, LISTENING, 1)
+        assert found, seen
+        assert b", tls)" in seen
+        port = int(found[0].group(2))
+        status, body = await http_get("127.0.0.1", port, "/v/tls/2.ts", ssl_context=client)
+        assert status == 200 and body == demo.segment_content("tls", "2.ts")
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await http_get("127.0.0.1", port, ssl_context=ssl.create_default_context())
+    finally:
+        rc, err = await stop(proc)
+    assert rc == 0, err
+
+
+def test_missing_tls_files_are_config_errors(tmp_path):
+    with pytest.raises(config.ConfigError) as exc:
+        config.from_dict({"listener": {"tls": {"cert": str(tmp_path / "c"),
+                                               "key": str(tmp_path / "k")}},
+                          "clusters": {"a": {"backends": ["127.0.0.1:1"]}},
+                          "routes": [{"cluster": "a"}]})
+    assert {p for p, _ in exc.value.errors} == {"listener.tls.cert", "listener.tls.key"}
+
+
+def test_clusters_document_is_json_serialisable(tmp_path):
+    from lbproxy.admin import AdminAPI
+    from lbproxy.snapshot import build_snapshot
+
+    cfg = config.from_dict({"clusters": {"a": {"backends": ["127.0.0.1:1"]}},
+                            "routes": [{"cluster": "a"}]})
+    doc = AdminAPI(build_snapshot(cfg, {}, 3), lambda c, a: 5).clusters_view()
+    assert json.loads(json.dumps(doc))["clusters"]["a"]["backends"][0]["inflight"] == 5
+
+
+async def test_two_workers_proxy_and_clusters_sums_their_inflight(tmp_path, origins,
+                                                                   held_origin):
+    held, release, arrived = held_origin
+    cfg = toml_config("127.0.0.1:0", "127.0.0.1:0", origins) + f"""
+[clusters.held]
+backends = ["{held}"]
+
+[[routes]]
+path_prefix = "/held"
+cluster = "held"
+"""
+    # The held route must come before "/": put it first.
+    cfg = cfg.replace('[[routes]]\npath_prefix = "/"\n', '[[routes]]\npath_prefix = "/v/"\n')
+    proc = await spawn("run", "-c", _write(tmp_path, cfg), "--workers", "2", dataplane=None)
+    try:
+        found, seen = await wait_for_lines(proc, LISTENING, 2)
+        assert len(found) == 2, seen
+        admin, seen2 = await wait_for_lines(proc, ADMIN, 1)
+        assert admin, seen + seen2
+        port, admin_port = int(found[0].group(2)), int(admin[0].group(2))
+        for i in range(6):
+            status, body = await http_get("127.0.0.1", port, f"/v/w{i}/1.ts")
+            assert status == 200 and body == demo.segment_content(f"w{i}", "1.ts")
+        pending = [asyncio.create_task(http_get("127.0.0.1", port, f"/held/{i}", timeout=30))
+                   for i in range(6)]
+        await _until(lambda: len(arrived) == 6)
+        total = 0
+        for _ in range(100):  # bounded: reports arrive every REPORT_INTERVAL_S
+            _, doc = await _admin_json(admin_port, "/clusters")
+            total = doc["clusters"]["held"]["backends"][0]["inflight"]
+            if total == 6:
+                break
+            await asyncio.sleep(0.05)
+        assert total == 6  # summed across both workers' reports
+        release.set()
+        assert [await t for t in pending] == [(200, b"released")] * 6
+    finally:
+        rc, err = await stop(proc)
+    assert rc == 0, err
+
+
+async def test_a_killed_worker_is_restarted_and_ready_recovers(standin_workers):
+    proc, found, admin_port = standin_workers
+    port = int(found[0].group(2))
+    pids = await _answering_pids(port)
+    assert len(pids) == 2
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    again, seen = await wait_for_lines(proc, LISTENING, 1)
+    assert again, seen
+    assert b"exited (-9); restarting" in seen
+    for _ in range(100):  # bounded: readiness is re-evaluated every REPORT_INTERVAL_S
+        status, _ = await _admin_json(admin_port, "/ready")
+        if status == 200:
+            break
+        await asyncio.sleep(0.05)
+    assert status == 200
+    status, body = await http_get("127.0.0.1", port)
+    assert status == 200 and int(body.split(b"=")[1]) != victim
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_data_plane_that_cannot_load_fails_start_up(tmp_path, workers):
+    cfg = _write(tmp_path, toml_config("127.0.0.1:0", "127.0.0.1:0"))
+    proc = await spawn("run", "-c", cfg, "--workers", workers, dataplane="no_such_module:X")
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    assert b"cannot load the data plane no_such_module:X" in err
+
+
+async def test_ipv6_loopback_listener(tmp_path):
+    cfg = _write(tmp_path, toml_config("[::1]:0", "[::1]:0"))
+    proc = await spawn("run", "-c", cfg, dataplane=STANDIN)
+    try:
+        found, seen = await wait_for_lines(proc, LISTENING, 1)
+        assert found and found[0].group(1) == b"[::1]", seen
+        status, body = await http_get("::1", int(found[0].group(2)))
+        assert status == 200 and body.startswith(b"pid=")
+    finally:
+        rc, err = await stop(proc)
+    assert rc == 0, err
