@@ -52,7 +52,7 @@ bench: build sysdeps
 	@if [ -f bench/test_selector_bench.py ]; then \
 	  $(PY) -m pytest bench/test_selector_bench.py -p no:cacheprovider --benchmark-only \
 	    --benchmark-enable --benchmark-columns=min,median,mean,ops \
-	    --benchmark-json=bench/results/selector_bench.json -q -o addopts=""; \
+	    --benchmark-json=bench/results/raw/selector_bench.json -q -o addopts=""; \
 	else echo "bench/test_selector_bench.py not here yet: selector micro-benchmarks skipped"; fi
 	$(PY) -m bench run --all
 

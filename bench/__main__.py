@@ -62,7 +62,8 @@ def _ceiling(quick: bool, gen_procs: int | None) -> int:
     lat = s["latency_us"]
     progress.console.print(
         f"generator ceiling: {s['throughput_rps']:.0f} req/s (steady workload, "
-        f"{steady.connections} connections, no proxy); p50 {lat['p50']} us, p99 {lat['p99']} us")
+        f"{steady.connections} connections, no proxy); p50 {lat['p50']} us, p99 {lat['p99']} us; "
+        f"generator CPU {s['generator_cpu']:.0%} of its core(s)")
     return 0
 
 
@@ -85,6 +86,9 @@ def _run(args: argparse.Namespace, command: str) -> int:
     md = report.write(results, args.out, command)
     if not args.no_plots:
         plots.write_all(results, args.out)
+        if args.out.resolve() == RESULTS.resolve() and not args.quick:
+            report.update_readme(Path(__file__).parent / "README.md", md,
+                                 args.out / "latency_percentiles.png")
     progress.console.print()
     progress.console.print(md.read_text(), markup=False, highlight=False)
     progress.console.print(f"results in {args.out}/ (results.json, results.md, *.png)")

@@ -311,7 +311,7 @@ class LoadDriver:
         for conn in self.conns:
             conn.expire(now, self.timeout_ns)
         if self.progress is not None:
-            self.progress(self.recorder.completed, self.recorder.failed)
+            self.progress(self.recorder.completed, self.recorder.errors_total)
         if not self.done.is_set():
             self.loop.call_later(0.1, self.sweep)
 
@@ -323,12 +323,15 @@ class LoadDriver:
             self.connect("upload")
         self.sweep()
         await asyncio.sleep(max(0.0, (self.start_ns - self.clock()) / 1e9))
+        cpu0, wall0 = time.process_time(), time.monotonic()
         if self.open_loop:
             self.timer = WakeTimer(self.loop, self.tick)
             self.tick()
         else:
             self.start_closed()
         await asyncio.sleep(max(0.0, (self.end_ns - self.clock()) / 1e9))
+        self.recorder.cpu_s = time.process_time() - cpu0
+        self.recorder.wall_s = time.monotonic() - wall0
         self.stopping = True
         if self.timer is not None:
             self.timer.close()

@@ -41,8 +41,8 @@ class LiveProgress:
     def update(self, elapsed_s: float, completed: int, failed: int) -> None:
         """Progress from the generators: cumulative completed and failed requests."""
         t0, c0, f0 = self._last
-        if elapsed_s - t0 >= 0.25:
-            # Rates over the last quarter second or more: "current", not the run's average.
+        if elapsed_s - t0 >= max(0.25, min(1.0, self.duration_s / 8)):
+            # Rates over the last second or so: "current", not the run's average.
             self._rate = (completed - c0) / (elapsed_s - t0)
             self._err_rate = (failed - f0) / (elapsed_s - t0)
             self._last = (elapsed_s, completed, failed)

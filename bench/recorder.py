@@ -30,6 +30,9 @@ class Recorder:
         self.bytes_out = 0
         self.completed = 0
         self.failed = 0
+        self.errors_total = 0  # failures plus error statuses: what live progress shows
+        self.cpu_s = 0.0  # generator CPU time (user + system) over the run
+        self.wall_s = 0.0
         # Timeline buckets by completion time: responses, errors, outcome and backend counts.
         self.timeline: dict[int, dict[str, Any]] = {}
 
@@ -65,6 +68,7 @@ class Recorder:
             bucket["backends"][backend] += 1
         if error:
             bucket["errors"] += 1
+            self.errors_total += 1
         if intended_ns >= self.measure_from_ns:
             self.latency[kind].record((now_ns - intended_ns) // 1000)
             self.statuses[kind][str(status)] += 1
@@ -72,6 +76,7 @@ class Recorder:
     def fail(self, kind: str, reason: str, intended_ns: int, now_ns: int) -> None:
         """A request ended without a response (connect refused, reset, timeout, backlog)."""
         self.failed += 1
+        self.errors_total += 1
         bucket = self._bucket(now_ns)
         bucket["errors"] += 1
         bucket["outcomes"][reason] += 1
@@ -87,6 +92,8 @@ class Recorder:
             "errors": {k: dict(c) for k, c in self.errors.items()},
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
+            "cpu_s": self.cpu_s,
+            "wall_s": self.wall_s,
             "timeline": {
                 str(i): {
                     **b,
@@ -106,7 +113,10 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     errors: dict[str, Counter[str]] = {k: Counter() for k in KINDS}
     timeline: dict[int, dict[str, Any]] = {}
     bytes_in = bytes_out = 0
+    cpu_s = wall_s = 0.0
     for part in parts:
+        cpu_s += part["cpu_s"]
+        wall_s = max(wall_s, part["wall_s"])
         for k in KINDS:
             latency[k].merge(Histogram.from_dict(part["latency"][k]))
             statuses[k].update(part["statuses"][k])
@@ -132,6 +142,8 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "errors": {k: dict(c) for k, c in errors.items()},
         "bytes_in": bytes_in,
         "bytes_out": bytes_out,
+        # Share of the generator processes' cores they used: near 1.0 means generator-bound.
+        "generator_cpu": round(cpu_s / (wall_s * len(parts)), 3) if wall_s and parts else 0.0,
         "timeline": [
             {**timeline[i], "outcomes": dict(timeline[i]["outcomes"]),
              "backends": dict(timeline[i]["backends"])}

@@ -32,7 +32,9 @@ def markdown(results: dict[str, Any], command: str) -> str:
         f"{meta['repeats']} run(s) per cell{quick}.",
         "",
         f"Generator ceiling (steady workload straight at the origins, no proxy): "
-        f"**{ceiling['throughput_rps']:.0f} req/s** (p50 {_ms(ceiling['latency_us']['p50'])} ms).",
+        f"**{ceiling['throughput_rps']:.0f} req/s** (p50 {_ms(ceiling['latency_us']['p50'])} ms; "
+        f"generator CPU {ceiling.get('generator_cpu', 0):.0%} of its core(s): "
+        f"{_ceiling_verdict(ceiling)}).",
         "",
         "| scenario | proxy | offered req/s | req/s | x HAProxy | p50 ms | p99 ms | p99.9 ms "
         "| p99 x HAProxy | errors | uploads MiB/s |",
@@ -74,14 +76,25 @@ def markdown(results: dict[str, Any], command: str) -> str:
         lines.append(f"- **{s['scenario']} skipped for {s['proxy']}**: {s['reason']}")
     bound = [r for r in rows if r["generator_bound"]]
     if bound:
-        lines.append("- Generator-bound (≥ 80 % of the generator's ceiling; the proxy may be "
-                     "faster than shown): " + ", ".join(f"{r['scenario']}/{r['proxy']}"
-                                                         for r in bound))
+        names = ", ".join(f"{r['scenario']}/{r['proxy']}" for r in bound)
+        lines.append("- Generator-bound (≥ 80 % of the generator's ceiling or generator CPU "
+                     f"≥ 90 %; the proxy may be faster than shown): {names}")
     lines.append("")
     lines.append("Latency counts from each request's intended send time (open loop, as wrk2) "
                  "or actual send (closed loop). Errors: status ≥ 400 or no response "
                  "(reset, timeout, connect_failed, generator_backlog, not_sent).")
     return "\n".join(lines) + "\n"
+
+
+def _ceiling_verdict(ceiling: dict[str, Any]) -> str:
+    """Whether the no-proxy run was limited by the generator or by the origins."""
+    cpu = ceiling.get("generator_cpu", 0)
+    if cpu >= 0.9:
+        return "the generator's own limit"
+    if not cpu:
+        return "generator CPU not measured"
+    return ("the origins' limit, not the generator's; at full CPU the generator would reach "
+            f"about {ceiling['throughput_rps'] / cpu:.0f} req/s")
 
 
 def _proxy_rank(name: str) -> int:
@@ -105,3 +118,21 @@ def write(results: dict[str, Any], out_dir: Path, command: str) -> Path:
 def _slim_run(run: dict[str, Any]) -> dict[str, Any]:
     """A run without its timeline (kept in raw/), so results.json stays reviewable."""
     return {k: v for k, v in run.items() if k != "timeline"}
+
+
+README_START = "<!-- results:start -->"
+README_END = "<!-- results:end -->"
+
+
+def update_readme(readme: Path, results_md: Path, plot: Path) -> bool:
+    """Replace the README's results section with results.md and one plot; False if no markers."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    rel_plot = plot.relative_to(readme.parent) if plot.is_relative_to(readme.parent) else plot
+    body = results_md.read_text().rstrip()
+    section = f"{README_START}\n{body}\n\n![latency percentiles]({rel_plot})\n{README_END}"
+    readme.write_text(head + section + tail)
+    return True

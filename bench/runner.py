@@ -22,6 +22,7 @@ from bench.progress import LiveProgress
 from bench.scenarios import Scenario
 
 GENERATOR_BOUND_SHARE = 0.8  # a proxy measured above this share of the ceiling: generator-bound
+GENERATOR_BUSY = 0.9  # generator processes this busy (CPU share of their cores): generator-bound
 CEILING_HEADROOM = 0.9  # open-loop rates are capped at this share of the generator's ceiling
 
 
@@ -227,6 +228,7 @@ def summarize(merged: dict[str, Any], scenario: Scenario) -> dict[str, Any]:
         "ok_rps": round(ok / window, 1),
         "latency_us": get_hist.summary(),
         "send_lag_us": merged["send_lag"].summary((50, 99)),
+        "generator_cpu": merged["generator_cpu"],
         "statuses": merged["statuses"],
         "errors_by": errors_by,
         "errors": bad_status + up_bad + n_fail,
@@ -238,14 +240,16 @@ def summarize(merged: dict[str, Any], scenario: Scenario) -> dict[str, Any]:
         },
         "bytes_in": merged["bytes_in"],
         "bytes_out": merged["bytes_out"],
-        "timeline": timeline(merged["timeline"], scenario.bucket_s),
+        "timeline": timeline(merged["timeline"], scenario.bucket_s, scenario.duration_s),
     }
 
 
-def timeline(buckets: list[dict[str, Any]], bucket_s: float) -> list[dict[str, Any]]:
-    """Per-bucket req/s, errors/s and each backend's share of responses."""
+def timeline(buckets: list[dict[str, Any]], bucket_s: float,
+             duration_s: float) -> list[dict[str, Any]]:
+    """Per-bucket req/s, errors/s and each backend's share of responses, within the run."""
     out = []
-    for i, b in enumerate(buckets):
+    whole = int(duration_s / bucket_s + 1e-6)  # the drain after the end is not plotted
+    for i, b in enumerate(buckets[:whole]):
         total = sum(b["backends"].values())
         out.append({
             "t": round(i * bucket_s, 3),

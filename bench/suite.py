@@ -14,7 +14,14 @@ from typing import Any
 from bench import procs, wrkcheck
 from bench.peers import Peer, PeerUnavailable
 from bench.progress import LiveProgress
-from bench.runner import GENERATOR_BOUND_SHARE, BenchRun, available_peers, bench_run, summarize
+from bench.runner import (
+    GENERATOR_BOUND_SHARE,
+    GENERATOR_BUSY,
+    BenchRun,
+    available_peers,
+    bench_run,
+    summarize,
+)
 from bench.scenarios import Scenario, load_all
 
 BASELINE = "haproxy"
@@ -45,7 +52,8 @@ def run_suite(
         ceiling = br.measure_ceiling(steady)
         console.print(f"[bold]generator ceiling[/] (steady workload, no proxy): "
                       f"{ceiling['throughput_rps']:.0f} req/s, p50 "
-                      f"{ceiling['latency_us']['p50'] / 1000:.2f} ms")
+                      f"{ceiling['latency_us']['p50'] / 1000:.2f} ms, generator CPU "
+                      f"{ceiling['generator_cpu']:.0%}")
         for repeat in range(repeats):
             for scenario in scenarios:
                 for peer in list(peers):
@@ -189,11 +197,13 @@ def aggregate(runs: list[dict[str, Any]], ceiling_rps: float) -> list[dict[str, 
             "upload_mib_per_s": med(r["uploads"]["mib_per_s"] for r in rs),
             "offered_rps": rs[0]["offered_rps"],
             "send_lag_p99_us": med(r["send_lag_us"]["p99"] for r in rs),
+            "generator_cpu": med(r["generator_cpu"] for r in rs),
             "throughput_all": [r["throughput_rps"] for r in rs],
             "p99_all": [r["latency_us"]["p99"] for r in rs],
         }
         row["generator_bound"] = bool(
-            ceiling_rps and row["throughput_rps"] >= GENERATOR_BOUND_SHARE * ceiling_rps)
+            (ceiling_rps and row["throughput_rps"] >= GENERATOR_BOUND_SHARE * ceiling_rps)
+            or row["generator_cpu"] >= GENERATOR_BUSY)
         rows.append(row)
     base = {r["scenario"]: r for r in rows if r["proxy"] == BASELINE}
     for row in rows:
