@@ -49,7 +49,7 @@ test: build sysdeps
 # Selector micro-benchmarks (when the selector branch has landed them), then the proxy
 # comparison; both write under bench/results/. Whole target: under 10 minutes.
 bench: build sysdeps
-	@if [ -f bench/test_selector_bench.py ]; then \
+	@mkdir -p bench/results/raw; if [ -f bench/test_selector_bench.py ]; then \
 	  $(PY) -m pytest bench/test_selector_bench.py -p no:cacheprovider --benchmark-only \
 	    --benchmark-enable --benchmark-columns=min,median,mean,ops \
 	    --benchmark-json=bench/results/raw/selector_bench.json -q -o addopts=""; \

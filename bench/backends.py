@@ -34,11 +34,7 @@ http {
     keepalive_timeout 120s;
     open_file_cache max=64;
     default_type application/octet-stream;
-    client_body_temp_path $dir/client_body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
+$temp_paths
     server {
         listen 127.0.0.1:$port backlog=4096;
         add_header X-Backend $name always;
@@ -48,6 +44,12 @@ http {
     }
 }
 """)
+
+
+def nginx_temp_paths(d: Path) -> str:
+    """nginx's temp directories inside `d` (the packaged defaults need /var/lib/nginx)."""
+    kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    return "\n".join(f"    {k}_temp_path {d}/{k};" for k in kinds)
 
 
 def nginx_user_line() -> str:
@@ -117,7 +119,8 @@ class BackendSet:
         conf = d / "nginx.conf"
         conf.write_text(
             _ORIGIN_CONF.substitute(
-                dir=d, port=b.port, name=b.name, segments=seg_dir, user=nginx_user_line()
+                dir=d, port=b.port, name=b.name, segments=seg_dir, user=nginx_user_line(),
+                temp_paths=nginx_temp_paths(d),
             )
         )
         b.proc = procs.start([NGINX, "-p", str(d), "-c", str(conf), "-e", str(d / "error.log")],

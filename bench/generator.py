@@ -13,13 +13,14 @@ import gc
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httptools
 import uvloop
 
 from bench.distributions import KeySampler, from_spec
+from bench.procs import raise_priority
 from bench.recorder import Recorder
 from bench.schedule import ArrivalSchedule, linear_rate
 from bench.timer import WakeTimer
@@ -27,6 +28,7 @@ from bench.timer import WakeTimer
 Clock = Callable[[], int]
 _UPLOAD_CHUNK = memoryview(b"\x5a" * (256 * 1024))
 _RECONNECT_DELAY_S = 0.05
+_CONNECT_WAIT_NS = 5_000_000_000  # give up waiting for every connection after this
 _SPIN_NS = 60_000  # how early the open-loop timer fires before the next intended send
 
 
@@ -145,16 +147,13 @@ class LoadDriver:
         workload: dict[str, Any],
         clock: Clock = time.monotonic_ns,
         progress: Callable[[int, int], None] | None = None,
+        start_signal: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         self.w = workload
         self.progress = progress
+        self.start_signal = start_signal
         self.clock = clock
         self.loop = asyncio.get_running_loop()
-        self.start_ns: int = workload["start_ns"]
-        self.end_ns = self.start_ns + int(workload["duration_s"] * 1e9)
-        self.recorder = Recorder(
-            self.start_ns, int(workload.get("warmup_s", 0) * 1e9), int(workload["bucket_s"] * 1e9)
-        )
         self.rng = random.Random(workload.get("seed", 0))
         self.keys: KeySampler = from_spec(workload.get("keys", {}))
         self.segments = int(workload.get("segments", 8))
@@ -170,6 +169,20 @@ class LoadDriver:
         self.open_loop = workload["mode"] == "open"
         self.schedule: ArrivalSchedule | None = None
         self.timer: WakeTimer | None = None
+        self.upload_size = int(workload.get("upload_bytes", 0))
+        self.upload_path_n = 0
+        # Without a start signal the workload carries its start time; with one, the start is
+        # set once every process has connected (far in the future until then).
+        self._plan(workload.get("start_ns", self.clock() + 3600 * 10**9))
+
+    def _plan(self, start_ns: int) -> None:
+        """Fix the run's start: schedule, end time and a fresh recorder."""
+        workload = self.w
+        self.start_ns = start_ns
+        self.end_ns = start_ns + int(workload["duration_s"] * 1e9)
+        self.recorder = Recorder(
+            start_ns, int(workload.get("warmup_s", 0) * 1e9), int(workload["bucket_s"] * 1e9)
+        )
         if self.open_loop:
             procs = int(workload.get("procs", 1))
             rate_at = linear_rate(
@@ -182,8 +195,6 @@ class LoadDriver:
             # Past this backlog a request would be seconds late already; count it as dropped
             # by the generator instead of letting memory grow without bound.
             self.max_backlog = max(1000, int(workload.get("rate_to", workload["rate"]) / procs))
-        self.upload_size = int(workload.get("upload_bytes", 0))
-        self.upload_path_n = 0
 
     # connection lifecycle
     def connect(self, role: str) -> None:
@@ -235,6 +246,7 @@ class LoadDriver:
         """Account one response, then reuse or reopen the connection."""
         now = self.clock()
         self.recorder.complete(req.kind, status, req.intended_ns, now, req.backend, req.nbytes)
+        self.recorder.served(req.sent_ns, now)
         if req.remaining_body and conn.transport is not None:
             # Answered before the body was sent (e.g. 413): the connection cannot continue.
             conn.keep_alive = False
@@ -322,6 +334,13 @@ class LoadDriver:
         for _ in range(int(self.w.get("upload_connections", 0))):
             self.connect("upload")
         self.sweep()
+        if self.start_signal is not None:
+            # Connection set-up is not part of the measurement: every process connects, then
+            # the parent hands out one start time.
+            deadline = self.clock() + _CONNECT_WAIT_NS
+            while self.clock() < deadline and any(c.transport is None for c in self.conns):
+                await asyncio.sleep(0.005)
+            self._plan(await self.start_signal())
         await asyncio.sleep(max(0.0, (self.start_ns - self.clock()) / 1e9))
         cpu0, wall0 = time.process_time(), time.monotonic()
         if self.open_loop:
@@ -351,12 +370,14 @@ class LoadDriver:
 
 
 def run_workload(
-    workload: dict[str, Any], progress: Callable[[int, int], None] | None = None
+    workload: dict[str, Any],
+    progress: Callable[[int, int], None] | None = None,
+    start_signal: Callable[[], Awaitable[int]] | None = None,
 ) -> dict[str, Any]:
     """Run one workload to completion in this process on a fresh uvloop."""
 
     async def main() -> dict[str, Any]:
-        return await LoadDriver(workload, progress=progress).run()
+        return await LoadDriver(workload, progress=progress, start_signal=start_signal).run()
 
     # A cyclic-GC pass mid-run stalls sends and replies alike; the hot path allocates no
     # cycles, so collect once before and after instead.
@@ -373,8 +394,27 @@ def worker_main(conn: Any, cpus: list[int] | None) -> None:
     """Generator process: pin to `cpus`, then run each workload the parent sends."""
     if cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cpus)
+    raise_priority()
+
+    async def ready_then_start() -> int:
+        # Tell the parent this process is connected; wait (without blocking the loop) for
+        # the common start time.
+        conn.send(("ready",))
+        loop = asyncio.get_running_loop()
+        readable = loop.create_future()
+        loop.add_reader(conn.fileno(), readable.set_result, None)
+        try:
+            await readable
+        finally:
+            loop.remove_reader(conn.fileno())
+            os.set_blocking(conn.fileno(), True)  # the loop made it non-blocking
+        msg = conn.recv()
+        return int(msg[1])
+
     while True:
         msg = conn.recv()
         if msg is None:
             return
-        conn.send(("done", run_workload(msg, lambda ok, bad: conn.send(("progress", ok, bad)))))
+        result = run_workload(msg, lambda ok, bad: conn.send(("progress", ok, bad)),
+                              ready_then_start)
+        conn.send(("done", result))

@@ -46,21 +46,33 @@ class GeneratorPool:
         workload: dict[str, Any],
         events: list[Event] | None = None,
         progress: ProgressFn | None = None,
-        lead_s: float = 0.3,
+        lead_s: float = 0.02,
     ) -> dict[str, Any]:
         """Run `workload` split over every process; fire `events`; return merged results."""
-        start_ns = time.monotonic_ns() + int(lead_s * 1e9)  # time for every process to connect
         n = self.size
         for i, pipe in enumerate(self.pipes):
             pipe.send({
                 **workload,
-                "start_ns": start_ns,
                 "procs": n,
                 "proc_index": i,
                 "seed": workload.get("seed", 0) * 1000 + i,
                 "connections": _share(int(workload["connections"]), n, i),
                 "upload_connections": _share(int(workload.get("upload_connections", 0)), n, i),
             })
+        # Every process connects first and says "ready"; then one shared start time.
+        ready = 0
+        ready_by = time.monotonic() + 15
+        while ready < n:
+            if time.monotonic() > ready_by or not wait(self.pipes, timeout=1.0):
+                if time.monotonic() > ready_by:
+                    raise RuntimeError("generator processes did not connect in time")
+                continue
+            for pipe in wait(self.pipes, timeout=0):
+                if pipe.recv()[0] == "ready":  # type: ignore[union-attr]
+                    ready += 1
+        start_ns = time.monotonic_ns() + int(lead_s * 1e9)
+        for pipe in self.pipes:
+            pipe.send(("start", start_ns))
         pending_events = sorted(events or [], key=lambda e: e[0])
         done: dict[int, dict[str, Any]] = {}
         counts = [(0, 0)] * n

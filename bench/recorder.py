@@ -24,6 +24,9 @@ class Recorder:
         self.latency = {k: Histogram() for k in KINDS}
         # How late the generator itself sent versus the schedule: its own contribution.
         self.send_lag = Histogram()
+        # Reply time from the actual send (what wrk reports): equals `latency` when the
+        # generator is never late; the difference is the generator's own contribution.
+        self.service = Histogram()
         self.statuses: dict[str, Counter[str]] = {k: Counter() for k in KINDS}
         self.errors: dict[str, Counter[str]] = {k: Counter() for k in KINDS}
         self.bytes_in = 0
@@ -53,6 +56,11 @@ class Recorder:
         """A request left after waiting sent_ns - intended_ns behind its schedule."""
         if intended_ns >= self.measure_from_ns:
             self.send_lag.record((sent_ns - intended_ns) // 1000)
+
+    def served(self, sent_ns: int, now_ns: int) -> None:
+        """A reply arrived now_ns - sent_ns after the request actually left."""
+        if sent_ns >= self.measure_from_ns:
+            self.service.record((now_ns - sent_ns) // 1000)
 
     def complete(
         self, kind: str, status: int, intended_ns: int, now_ns: int, backend: str, nbytes: int
@@ -88,6 +96,7 @@ class Recorder:
         return {
             "latency": {k: h.to_dict() for k, h in self.latency.items()},
             "send_lag": self.send_lag.to_dict(),
+            "service": self.service.to_dict(),
             "statuses": {k: dict(c) for k, c in self.statuses.items()},
             "errors": {k: dict(c) for k, c in self.errors.items()},
             "bytes_in": self.bytes_in,
@@ -109,6 +118,7 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Combine the to_dict() of several generator processes into one."""
     latency = {k: Histogram() for k in KINDS}
     send_lag = Histogram()
+    service = Histogram()
     statuses: dict[str, Counter[str]] = {k: Counter() for k in KINDS}
     errors: dict[str, Counter[str]] = {k: Counter() for k in KINDS}
     timeline: dict[int, dict[str, Any]] = {}
@@ -122,6 +132,7 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
             statuses[k].update(part["statuses"][k])
             errors[k].update(part["errors"][k])
         send_lag.merge(Histogram.from_dict(part["send_lag"]))
+        service.merge(Histogram.from_dict(part["service"]))
         bytes_in += part["bytes_in"]
         bytes_out += part["bytes_out"]
         for key, b in part["timeline"].items():
@@ -138,6 +149,7 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "latency": latency,
         "send_lag": send_lag,
+        "service": service,
         "statuses": {k: dict(c) for k, c in statuses.items()},
         "errors": {k: dict(c) for k, c in errors.items()},
         "bytes_in": bytes_in,

@@ -67,7 +67,9 @@ def markdown(results: dict[str, Any], command: str) -> str:
             f"{wrk['rounds']} round(s)): p50 ours {wrk['ours']['p50']:.0f} µs vs wrk "
             f"{wrk['wrk']['p50']:.0f} µs ({wrk['p50_diff']:+.0%}; tolerance "
             f"±{wrk['tolerance']:.0%}: {'pass' if wrk['within_tolerance'] else 'FAIL'}); "
-            f"p90 {wrk['ours']['p90']:.0f} vs {wrk['wrk']['p90']:.0f} µs.")
+            f"p90 {wrk['ours']['p90']:.0f} vs {wrk['wrk']['p90']:.0f} µs; ours from the actual "
+            f"send (wrk's definition) p50 {wrk['ours'].get('service_p50', 0):.0f} µs, "
+            f"generator send lag p99 {wrk['ours'].get('send_lag_p99', 0):.0f} µs.")
     elif wrk:
         lines.append(f"Open-loop cross-check with wrk skipped: {wrk['skipped']}")
     for name, reason in results["skipped_proxies"].items():

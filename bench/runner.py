@@ -228,6 +228,7 @@ def summarize(merged: dict[str, Any], scenario: Scenario) -> dict[str, Any]:
         "ok_rps": round(ok / window, 1),
         "latency_us": get_hist.summary(),
         "send_lag_us": merged["send_lag"].summary((50, 99)),
+        "service_us": merged["service"].summary((50, 90, 99)),
         "generator_cpu": merged["generator_cpu"],
         "statuses": merged["statuses"],
         "errors_by": errors_by,

@@ -121,7 +121,7 @@ def _wrk_check(br: BenchRun, peers: list[Peer], skipped: dict[str, str],
         return None
     peer = next((p for p in live if p.name == BASELINE), live[0])
     duration = 1 if br.quick else 2
-    rounds = 1 if br.quick else 3
+    rounds = 1 if br.quick else 5
     keys = {"dist": "uniform", "n": 1000}
     assert br.backends is not None
     br.backends.restart_dead()
@@ -147,13 +147,16 @@ def _wrk_check(br: BenchRun, peers: list[Peer], skipped: dict[str, str],
                                          br.workload(scenario, [("127.0.0.1", peer.port)], rate,
                                                      None, seed=3)), scenario)
             wrk_runs.append(wrk)
-            ours_runs.append({**ours["latency_us"], "rps": ours["throughput_rps"]})
+            ours_runs.append({**ours["latency_us"], "rps": ours["throughput_rps"],
+                              "service_p50": ours["service_us"]["p50"],
+                              "send_lag_p99": ours["send_lag_us"]["p99"]})
     finally:
         peer.stop()
 
     def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
-        return {k: statistics.median(r[k] for r in runs) for k in ("p50", "p90", "p99", "mean",
-                                                                   "rps")}
+        keys = [k for k in ("p50", "p90", "p99", "mean", "rps", "service_p50", "send_lag_p99")
+                if k in runs[0]]
+        return {k: statistics.median(r[k] for r in runs) for k in keys}
 
     ours_med, wrk_med = median_of(ours_runs), median_of(wrk_runs)
     result = {

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 from bench import procs
-from bench.backends import BackendSet
+from bench.backends import Backend, BackendSet
 
 
 class PeerUnavailable(RuntimeError):
@@ -50,11 +50,27 @@ class Peer:
         elif capability:
             raise PeerUnavailable(f"{self.name}: unknown capability {capability!r}")
 
+    def launch(self, workdir: Path, subdir: str, conf_name: str, conf_text: str,
+               cmd: list[str], cpus: list[int] | None) -> None:
+        """Write a generated config into workdir/subdir, run `cmd` ({conf} = its path), wait."""
+        d = workdir / subdir
+        d.mkdir(parents=True, exist_ok=True)
+        conf = d / conf_name
+        conf.write_text(conf_text)
+        argv = [a.format(conf=conf, dir=d) for a in cmd]
+        self.proc = procs.start(argv, d / f"{self.name}.log", cpus)
+        procs.wait_port(self.port, self.proc)
+
     def stop(self) -> None:
         """Stop the proxy (graceful, then forced)."""
         if self.proc is not None:
             procs.stop(self.proc)
             self.proc = None
+
+
+def server_lines(line: str, backends: list[Backend]) -> str:
+    """One config line per backend: `line` formatted with name= and address=."""
+    return "\n".join(line.format(name=b.name, address=b.address) for b in backends)
 
 
 def ensure_binary(path: str, package: str) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bench import procs
 from bench.backends import BackendSet
-from bench.peers import Peer, ensure_binary
+from bench.peers import Peer, ensure_binary, server_lines
 
 HAPROXY = "/usr/sbin/haproxy"
 
@@ -59,16 +59,13 @@ class HAProxyPeer(Peer):
 
     def start(self, workdir: Path, backends: BackendSet, cpus: list[int] | None) -> None:
         """Write the config, start haproxy, wait for its port."""
-        d = workdir / "haproxy"
-        d.mkdir(parents=True, exist_ok=True)
         self.port = procs.free_port()
-        server = "    server {0} {1} check inter 500ms fall 2 rise 2"
-        conf = d / "haproxy.cfg"
-        conf.write_text(_CONF.substitute(
-            dir=d,
+        server = "    server {name} {address} check inter 500ms fall 2 rise 2"
+        text = _CONF.substitute(
+            dir=workdir / "haproxy",
             port=self.port,
-            segment_servers="\n".join(server.format(b.name, b.address) for b in backends.origins),
-            upload_servers="\n".join(server.format(b.name, b.address) for b in backends.sinks),
-        ))
-        self.proc = procs.start([HAPROXY, "-db", "-f", str(conf)], d / "haproxy.log", cpus)
-        procs.wait_port(self.port, self.proc)
+            segment_servers=server_lines(server, backends.origins),
+            upload_servers=server_lines(server, backends.sinks),
+        )
+        self.launch(workdir, "haproxy", "haproxy.cfg", text, [HAPROXY, "-db", "-f", "{conf}"],
+                    cpus)

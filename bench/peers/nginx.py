@@ -6,8 +6,8 @@ import string
 from pathlib import Path
 
 from bench import procs
-from bench.backends import NGINX, BackendSet, nginx_user_line
-from bench.peers import Peer, ensure_binary
+from bench.backends import NGINX, BackendSet, nginx_temp_paths, nginx_user_line
+from bench.peers import Peer, ensure_binary, server_lines
 
 # Same routing as the other peers: consistent hash on the video id, least_conn for uploads,
 # upstream keep-alive, uploads streamed (proxy_request_buffering off) rather than spooled.
@@ -24,11 +24,7 @@ http {
     keepalive_requests 10000000;
     keepalive_timeout 120s;
     client_max_body_size 0;
-    client_body_temp_path $dir/client_body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
+$temp_paths
     map $$uri $$video {
         "~^/v/(?<v>[^/]+)/" $$v;
         default $$uri;
@@ -72,18 +68,15 @@ class NginxPeer(Peer):
 
     def start(self, workdir: Path, backends: BackendSet, cpus: list[int] | None) -> None:
         """Write the config, start nginx, wait for its port."""
-        d = workdir / "nginx-proxy"
-        d.mkdir(parents=True, exist_ok=True)
         self.port = procs.free_port()
-        server = "        server {0} max_fails=1 fail_timeout=5s;"
-        conf = d / "nginx.conf"
-        conf.write_text(_CONF.substitute(
-            dir=d,
+        server = "        server {address} max_fails=1 fail_timeout=5s;"
+        text = _CONF.substitute(
+            dir=workdir / "nginx-proxy",
             port=self.port,
             user=nginx_user_line(),
-            segment_servers="\n".join(server.format(b.address) for b in backends.origins),
-            upload_servers="\n".join(server.format(b.address) for b in backends.sinks),
-        ))
-        self.proc = procs.start([NGINX, "-p", str(d), "-c", str(conf), "-e", str(d / "error.log")],
-                                d / "stdout.log", cpus)
-        procs.wait_port(self.port, self.proc)
+            temp_paths=nginx_temp_paths(workdir / "nginx-proxy"),
+            segment_servers=server_lines(server, backends.origins),
+            upload_servers=server_lines(server, backends.sinks),
+        )
+        self.launch(workdir, "nginx-proxy", "nginx.conf", text,
+                    [NGINX, "-p", "{dir}", "-c", "{conf}", "-e", "{dir}/error.log"], cpus)
