@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on CI or over ssh
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 PERCENTILES = (("p50", "p50_us"), ("p90", "p90_us"), ("p99", "p99_us"), ("p99.9", "p999_us"))
 COLORS = {"lbproxy": "tab:red", "haproxy": "tab:blue", "nginx": "tab:green",
@@ -33,6 +34,8 @@ def latency_percentiles(results: dict[str, Any], out: Path) -> Path:
             ax.plot([p for p, _ in PERCENTILES], ys, marker="o", label=r["proxy"],
                     color=COLORS.get(r["proxy"]))
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_title(scenario)
         ax.set_ylabel("latency (ms)")
         ax.grid(True, which="both", alpha=0.3)
@@ -68,9 +71,13 @@ def timelines(results: dict[str, Any], out: Path) -> list[Path]:
             t = [b["t"] for b in r["timeline"]]
             color = COLORS.get(r["proxy"])
             top.plot(t, [b["rps"] for b in r["timeline"]], label=r["proxy"], color=color)
+            offered = r.get("offered_rps") or [0, 0]
+            if offered[0] and t:
+                # Open loop: what was asked for, so a shortfall (or a ramp past capacity) shows.
+                top.plot([t[0], t[-1]], offered, linestyle="--", color=color, alpha=0.5)
             bottom.plot(t, [b["errors_per_s"] for b in r["timeline"]], label=r["proxy"],
                         color=color)
-        top.set_ylabel("responses/s")
+        top.set_ylabel("responses/s (dashed: offered)")
         bottom.set_ylabel("errors/s")
         bottom.set_xlabel("seconds since start")
         top.legend(fontsize=8)
