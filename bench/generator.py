@@ -210,7 +210,7 @@ class LoadDriver:
                 await self.loop.create_connection(lambda: conn, *conn.target)
             except OSError:
                 if not self.stopping:
-                    self.recorder._bucket(self.clock())["outcomes"]["connect_failed"] += 1
+                    self.recorder.note("connect_failed", self.clock())
                     self.loop.call_later(_RECONNECT_DELAY_S, self._open, conn)
 
         self.loop.create_task(go())

@@ -60,16 +60,14 @@ class GeneratorPool:
                 "upload_connections": _share(int(workload.get("upload_connections", 0)), n, i),
             })
         # Every process connects first and says "ready"; then one shared start time.
-        ready = 0
+        ready: set[int] = set()
         ready_by = time.monotonic() + 15
-        while ready < n:
-            if time.monotonic() > ready_by or not wait(self.pipes, timeout=1.0):
-                if time.monotonic() > ready_by:
-                    raise RuntimeError("generator processes did not connect in time")
-                continue
-            for pipe in wait(self.pipes, timeout=0):
-                if pipe.recv()[0] == "ready":  # type: ignore[union-attr]
-                    ready += 1
+        while len(ready) < n:
+            if time.monotonic() > ready_by:
+                raise RuntimeError("generator processes did not connect in time")
+            for pipe in wait(self.pipes, timeout=0.5):
+                if _receive(pipe)[0] == "ready":
+                    ready.add(self.pipes.index(pipe))  # type: ignore[arg-type]
         start_ns = time.monotonic_ns() + int(lead_s * 1e9)
         for pipe in self.pipes:
             pipe.send(("start", start_ns))
@@ -91,7 +89,7 @@ class GeneratorPool:
             ready = wait([p for i, p in enumerate(self.pipes) if i not in done], timeout=0.05)
             for pipe in ready:
                 i = self.pipes.index(pipe)  # type: ignore[arg-type]
-                msg = pipe.recv()  # type: ignore[union-attr]
+                msg = _receive(pipe)
                 if msg[0] == "progress":
                     counts[i] = (msg[1], msg[2])
                 else:
@@ -115,6 +113,14 @@ class GeneratorPool:
             proc.join(timeout=2)
             if proc.is_alive():
                 proc.kill()
+
+
+def _receive(pipe: Any) -> Any:
+    """One message from a generator process; a clear error if the process died."""
+    try:
+        return pipe.recv()
+    except (EOFError, OSError) as exc:
+        raise RuntimeError("a generator process died (see its traceback above)") from exc
 
 
 def _share(total: int, parts: int, index: int) -> int:

@@ -52,6 +52,10 @@ class Recorder:
             }
         return bucket
 
+    def note(self, outcome: str, now_ns: int) -> None:
+        """Count an event on the timeline only (e.g. a failed reconnect between requests)."""
+        self._bucket(now_ns)["outcomes"][outcome] += 1
+
     def sent(self, intended_ns: int, sent_ns: int) -> None:
         """A request left after waiting sent_ns - intended_ns behind its schedule."""
         if intended_ns >= self.measure_from_ns:

@@ -64,7 +64,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
         lines.append(
             f"Open-loop latency cross-check on {wrk['proxy']} at {wrk['rate_rps']:.0f} req/s "
             f"(wrk paced by a Lua delay(), then ours open loop at wrk's achieved rate; medians of "
-            f"{wrk['rounds']} round(s)): p50 ours {wrk['ours']['p50']:.0f} µs vs wrk "
+            f"{wrk.get('rounds_used', wrk['rounds'])} of {wrk['rounds']} round(s), "
+            f"{_calm(wrk)}): p50 ours {wrk['ours']['p50']:.0f} µs vs wrk "
             f"{wrk['wrk']['p50']:.0f} µs ({wrk['p50_diff']:+.0%}; tolerance "
             f"±{wrk['tolerance']:.0%}: {'pass' if wrk['within_tolerance'] else 'FAIL'}); "
             f"p90 {wrk['ours']['p90']:.0f} vs {wrk['wrk']['p90']:.0f} µs; ours from the actual "
@@ -86,6 +87,14 @@ def markdown(results: dict[str, Any], command: str) -> str:
                  "or actual send (closed loop). Errors: status ≥ 400 or no response "
                  "(reset, timeout, connect_failed, generator_backlog, not_sent).")
     return "\n".join(lines) + "\n"
+
+
+def _calm(wrk: dict[str, Any]) -> str:
+    """Which rounds the verdict used: those where the generator itself was never late."""
+    calm = wrk.get("calm_rounds", wrk["rounds"])
+    if calm == 0:
+        return "no round had the generator's send lag p99 under 1 ms: the machine was busy"
+    return f"the rounds with the generator's send lag p99 under 1 ms ({calm})"
 
 
 def _ceiling_verdict(ceiling: dict[str, Any]) -> str:
