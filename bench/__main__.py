@@ -45,7 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         return _ceiling(args.quick, args.gen_procs)
     if not args.all and not args.scenarios:
         parser.error("name scenarios or pass --all")
-    return _run(args, "python -m bench " + shlex.join(argv))
+    try:
+        return _run(args, "python -m bench " + shlex.join(argv))
+    except KeyboardInterrupt:
+        procs.kill_all()
+        print("interrupted: every process the run started is stopped", file=sys.stderr)
+        return 130
 
 
 def _ceiling(quick: bool, gen_procs: int | None) -> int:
