@@ -121,7 +121,9 @@ def write_all(results: dict[str, Any], out: Path) -> list[Path]:
     """Every plot into `out`; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [latency_percentiles(results, out), *timelines(results, out)]
-    share = backend_share(results, out)
-    if share is not None:
-        paths.append(share)
+    # viral is the one the issue asks for; failure and reload show the pool changing too.
+    for scenario in ("viral", "backend-failure", "reload"):
+        share = backend_share(results, out, scenario)
+        if share is not None:
+            paths.append(share)
     return paths

@@ -37,16 +37,17 @@ class Peer:
 
     def replace_pool(self, cluster: str, addresses: list[str]) -> None:
         """Swap a cluster's backends at run time (the `reload` scenario)."""
-        raise PeerUnavailable(
-            f"{self.name}: pool replacement through an admin API is lbproxy's feature; the "
-            "peers' equivalents (HAProxy runtime API, nginx -s reload) are not scripted here"
-        )
+        raise PeerUnavailable(f"{self.name}: no run-time way to change its backends")
+
+    def probe_replace_pool(self, backends: BackendSet) -> None:
+        """Raise PeerUnavailable unless replace_pool works on the running proxy."""
+        if type(self).replace_pool is Peer.replace_pool:
+            self.replace_pool("segments", [])
 
     def require(self, capability: str, backends: BackendSet) -> None:
         """Raise PeerUnavailable unless the running proxy supports `capability`."""
         if capability == "replace_pool":
-            # Re-sending the current set is a no-op where supported and fails fast elsewhere.
-            self.replace_pool("segments", [b.address for b in backends.origins])
+            self.probe_replace_pool(backends)
         elif capability:
             raise PeerUnavailable(f"{self.name}: unknown capability {capability!r}")
 

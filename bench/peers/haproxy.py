@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import string
 from pathlib import Path
 
 from bench import procs
 from bench.backends import BackendSet
-from bench.peers import Peer, ensure_binary, server_lines
+from bench.peers import Peer, PeerUnavailable, ensure_binary, server_lines
 
 HAPROXY = "/usr/sbin/haproxy"
 
@@ -20,6 +21,7 @@ global
     maxconn 8000
     nbthread 1
     pidfile $dir/haproxy.pid
+    stats socket $dir/admin.sock mode 600 level admin
 
 defaults
     mode http
@@ -60,6 +62,9 @@ class HAProxyPeer(Peer):
     def start(self, workdir: Path, backends: BackendSet, cpus: list[int] | None) -> None:
         """Write the config, start haproxy, wait for its port."""
         self.port = procs.free_port()
+        self.admin_socket = workdir / "haproxy" / "admin.sock"
+        self.servers = {"segments": {b.address: b.name for b in backends.origins},
+                        "uploads": {b.address: b.name for b in backends.sinks}}
         server = "    server {name} {address} check inter 500ms fall 2 rise 2"
         text = _CONF.substitute(
             dir=workdir / "haproxy",
@@ -69,3 +74,26 @@ class HAProxyPeer(Peer):
         )
         self.launch(workdir, "haproxy", "haproxy.cfg", text, [HAPROXY, "-db", "-f", "{conf}"],
                     cpus)
+
+    def replace_pool(self, cluster: str, addresses: list[str]) -> None:
+        """Runtime API: servers in `addresses` ready, the rest in maintenance.
+
+        HAProxy cannot add servers it was not started with (2.6 without dynamic servers in
+        a hashed backend), so the bench's pools are always subsets of the initial set.
+        """
+        for address, server in self.servers[cluster].items():
+            state = "ready" if address in addresses else "maint"
+            self._command(f"set server {cluster}/{server} state {state}")
+
+    def _command(self, line: str) -> str:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(str(self.admin_socket))
+            s.sendall(line.encode() + b"\n")
+            reply = b""
+            while chunk := s.recv(4096):
+                reply += chunk
+        text = reply.decode(errors="replace").strip()
+        if text:
+            raise PeerUnavailable(f"haproxy runtime API: {line!r} answered {text!r}")
+        return text

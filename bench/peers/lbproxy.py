@@ -82,6 +82,10 @@ class LbproxyPeer(Peer):
             tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [str(exc)]
             raise PeerUnavailable(f"lbproxy run not available: {tail[0]}") from exc
 
+    def probe_replace_pool(self, backends: BackendSet) -> None:
+        """Re-send the current segment set: a no-op where supported, 404 before that issue."""
+        self.replace_pool("segments", [b.address for b in backends.origins])
+
     def replace_pool(self, cluster: str, addresses: list[str]) -> None:
         """PUT /clusters/{cluster}/backends on the admin API."""
         body = json.dumps({"backends": addresses}).encode()

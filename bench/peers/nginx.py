@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import string
 from pathlib import Path
 
 from bench import procs
 from bench.backends import NGINX, BackendSet, nginx_temp_paths, nginx_user_line
-from bench.peers import Peer, ensure_binary, server_lines
+from bench.peers import Peer, ensure_binary
 
 # Same routing as the other peers: consistent hash on the video id, least_conn for uploads,
 # upstream keep-alive, uploads streamed (proxy_request_buffering off) rather than spooled.
@@ -69,14 +71,26 @@ class NginxPeer(Peer):
     def start(self, workdir: Path, backends: BackendSet, cpus: list[int] | None) -> None:
         """Write the config, start nginx, wait for its port."""
         self.port = procs.free_port()
-        server = "        server {address} max_fails=1 fail_timeout=5s;"
-        text = _CONF.substitute(
-            dir=workdir / "nginx-proxy",
+        self.dir = workdir / "nginx-proxy"
+        self.pools = {"segments": [b.address for b in backends.origins],
+                      "uploads": [b.address for b in backends.sinks]}
+        self.launch(workdir, "nginx-proxy", "nginx.conf", self._config(),
+                    [NGINX, "-p", "{dir}", "-c", "{conf}", "-e", "{dir}/error.log"], cpus)
+
+    def _config(self) -> str:
+        server = "        server {0} max_fails=1 fail_timeout=5s;"
+        return _CONF.substitute(
+            dir=self.dir,
             port=self.port,
             user=nginx_user_line(),
-            temp_paths=nginx_temp_paths(workdir / "nginx-proxy"),
-            segment_servers=server_lines(server, backends.origins),
-            upload_servers=server_lines(server, backends.sinks),
+            temp_paths=nginx_temp_paths(self.dir),
+            segment_servers="\n".join(server.format(a) for a in self.pools["segments"]),
+            upload_servers="\n".join(server.format(a) for a in self.pools["uploads"]),
         )
-        self.launch(workdir, "nginx-proxy", "nginx.conf", text,
-                    [NGINX, "-p", "{dir}", "-c", "{conf}", "-e", "{dir}/error.log"], cpus)
+
+    def replace_pool(self, cluster: str, addresses: list[str]) -> None:
+        """nginx's way: rewrite the config and SIGHUP the master (graceful reload)."""
+        assert self.proc is not None
+        self.pools[cluster] = list(addresses)
+        (self.dir / "nginx.conf").write_text(self._config())
+        os.kill(self.proc.pid, signal.SIGHUP)  # taskset and nice exec: this pid is the master
