@@ -162,6 +162,7 @@ class LoadDriver:
         self.timeout_ns = int(workload.get("timeout_s", 5.0) * 1e9)
         self.targets = [tuple(t) for t in workload["targets"]]
         self.idle: collections.deque[ClientConnection] = collections.deque()
+        self.waiting_uploads: list[ClientConnection] = []  # connected before the start
         self.pending: collections.deque[int] = collections.deque()
         self.conns: list[ClientConnection] = []
         self.stopping = False
@@ -230,7 +231,11 @@ class LoadDriver:
         if self.stopping or conn.transport is None:
             return
         if conn.role == "upload":
-            self._send_upload(conn, self.clock())
+            now = self.clock()
+            if now < self.start_ns:
+                self.waiting_uploads.append(conn)
+            else:
+                self._send_upload(conn, now)
         elif not self.open_loop:
             now = self.clock()
             if now < self.start_ns:
@@ -348,6 +353,10 @@ class LoadDriver:
             self.tick()
         else:
             self.start_closed()
+        for conn in self.waiting_uploads:
+            if conn.transport is not None and conn.request is None:
+                self._send_upload(conn, self.clock())
+        self.waiting_uploads.clear()
         await asyncio.sleep(max(0.0, (self.end_ns - self.clock()) / 1e9))
         self.recorder.cpu_s = time.process_time() - cpu0
         self.recorder.wall_s = time.monotonic() - wall0
