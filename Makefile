@@ -46,14 +46,13 @@ test: build sysdeps
 	$(PY) -m pytest -q
 
 
-# Selector micro-benchmarks (when the selector branch has landed them), then the proxy
-# comparison; both write under bench/results/. Whole target: under 10 minutes.
+# Selector and control-plane micro-benchmarks, then the proxy comparison; both write under
+# bench/results/ (the micro-benchmarks' raw JSON in raw/, not committed). Under 10 minutes.
 bench: build sysdeps
-	@mkdir -p bench/results/raw; if [ -f bench/test_selector_bench.py ]; then \
-	  $(PY) -m pytest bench/test_selector_bench.py -p no:cacheprovider --benchmark-only \
-	    --benchmark-enable --benchmark-columns=min,median,mean,ops \
-	    --benchmark-json=bench/results/raw/selector_bench.json -q -o addopts=""; \
-	else echo "bench/test_selector_bench.py not here yet: selector micro-benchmarks skipped"; fi
+	@mkdir -p bench/results/raw
+	$(PY) -m pytest bench/test_selector_bench.py bench/test_control_bench.py -p no:cacheprovider \
+	  --benchmark-only --benchmark-enable --benchmark-columns=min,median,mean,ops \
+	  --benchmark-json=bench/results/raw/micro_bench.json -q -o addopts=""
 	$(PY) -m bench run --all
 
 # A tenth of the length, one repeat: a smoke test (also run by tests/test_bench_smoke.py).

@@ -1,39 +1,167 @@
-"""The admin API (JSON over HTTP on `admin.bind`, aiohttp): readiness and cluster views.
+"""The admin API (JSON over HTTP on `admin.bind`, aiohttp): the whole CONTRACT.md admin table.
 
-Owns the HTTP surface of CONTRACT.md's admin table. It reads the current `Snapshot`
-through `AdminAPI.snapshot`, which the controller replaces with one assignment, and reads
-in-flight counts through an `InflightSource` (the local `ClusterState`s in a single
-process; the workers' reports under a supervisor). Mutating endpoints come with a later
-issue; they will build a new snapshot and assign it the same way. Must not touch the data
-plane's internals.
+Owns the HTTP surface: reading views (/ready, /clusters, /stats, /metrics, /openapi.json),
+turning PUT/PATCH bodies into a new `Config` (or new drain marks) handed to
+`Controller.apply`, which publishes the next snapshot to every sink (data plane, this API,
+under a supervisor every worker), the bearer-token check, and JSON errors for every status.
+It reads the current `Snapshot` through `AdminAPI.snapshot`, which the controller replaces
+with one assignment, and in-flight counts through an `InflightSource` (the local
+`ClusterState`s in a single process; the workers' reports under a supervisor). Must not
+touch the data plane's internals.
+
+Mutations are read-modify-write on `controller.config` with no await between the read and
+`apply()`, so two concurrent calls on one event loop cannot lose each other's change.
+With `admin.token` set, every non-safe method needs the bearer token (CONTRACT.md: "every
+mutating admin call"); safe methods (GET, HEAD) stay open, so monitoring needs no secret.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import hmac
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
 
+import msgspec
 from aiohttp import web
 
+from lbproxy import config, metrics, openapi
+from lbproxy.cluster import BackendInfo, Cluster
+from lbproxy.controller import Controller
 from lbproxy.snapshot import Snapshot
+from lbproxy.stats import InflightSource, stats_view
 from lbproxy.webapp import start_app
 
-# (cluster name, backend address) → requests in flight to it.
-InflightSource = Callable[[str, str], int]
+# Under a supervisor: wait (bounded) until every running worker applied this version;
+# returns the workers that had not when the wait ended (normally none).
+Propagation = Callable[[int], Awaitable[list[int]]]
+
+log = logging.getLogger("lbproxy.admin")
+MAX_BODY_BYTES = 1 << 20
+# RFC 9110 §9.2.1: the safe methods; everything else mutates and needs the token.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class BackendSet(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """PUT /clusters/{name}/backends body."""
+
+    backends: list[str | config.Backend]
+
+
+class BackendPatch(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """PATCH /clusters/{name}/backends/{address} body."""
+
+    # UNSET, not None: an explicit `null` is an error, as the OpenAPI schema says.
+    weight: int | msgspec.UnsetType = msgspec.UNSET
+    state: Literal["drain", "active"] | msgspec.UnsetType = msgspec.UNSET
+
+
+class _Problem(Exception):
+    """A request the API refuses: status, stable code, message, field errors."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 errors: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.errors = errors or []
+
+
+def error_response(status: int, code: str, message: str,
+                   errors: list[tuple[str, str]] | None = None,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    """The one JSON error shape: {"error": code, "message": ..., "errors": [{field, message}]}."""
+    body: dict[str, Any] = {"error": code, "message": message}
+    if errors:
+        body["errors"] = [{"field": f, "message": m} for f, m in errors]
+    return web.json_response(body, status=status, headers=headers)
+
+
+_FIELD_NAMED = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
+
+
+def _body_errors(exc: msgspec.ValidationError) -> list[tuple[str, str]]:
+    # msgspec says "... - at `$.backends[1].weight`"; an unknown or missing field is named
+    # in the message instead, so it is appended to the path: `backends[0].port`.
+    where, msg = config.located(exc, "")
+    m = _FIELD_NAMED.search(msg)
+    if m:
+        where = f"{where}.{m.group(1)}"
+    return [(where.lstrip("."), msg)]
+
+
+def _decode(body: bytes, kind: type[Any]) -> Any:
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        raise _Problem(400, "invalid_body", "invalid body", _body_errors(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise _Problem(400, "invalid_json", f"body is not valid JSON: {exc}") from None
 
 
 class AdminAPI:
     """The admin application; `snapshot`, `accepting` and `draining` are set by the server."""
 
-    def __init__(self, snapshot: Snapshot, inflight: InflightSource | None = None) -> None:
+    def __init__(self, snapshot: Snapshot, inflight: InflightSource | None = None, *,
+                 controller: Controller | None = None,
+                 propagation: Propagation | None = None) -> None:
         self.snapshot = snapshot  # replaced whole by the controller, never mutated
         self.accepting = False  # every listener is accepting
         self.draining = False  # shutting down: readiness goes 503 so balancers move away
         self._inflight = inflight
-        self.app = web.Application()
-        self.app.router.add_get("/ready", self.ready)
-        self.app.router.add_get("/clusters", self.clusters)
+        self._controller = controller  # None: read-only (mutating calls answer 503)
+        self._propagation = propagation
+        self._registry = metrics.registry_for(self)
+        self.app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY_BYTES)
+        r = self.app.router
+        r.add_get("/ready", self.ready)
+        r.add_get("/clusters", self.clusters)
+        r.add_put("/clusters/{name}/backends", self.put_backends)
+        r.add_patch("/clusters/{name}/backends/{address}", self.patch_backend)
+        r.add_get("/stats", self.stats)
+        r.add_get("/metrics", self.metrics)
+        r.add_get("/openapi.json", self.openapi)
         self._runner: web.AppRunner | None = None
+
+    # ---- cross-cutting: token, JSON errors -------------------------------------------
+
+    def _authorized(self, request: web.Request) -> bool:
+        token = self.snapshot.config.admin.token
+        if token is None:
+            return True
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        # RFC 9110 §11.1: the auth scheme is case-insensitive. compare_digest: the time
+        # taken does not depend on how much of the token matched.
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), token.encode())
+
+    @web.middleware
+    async def _guard(self, request: web.Request,
+                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                     ) -> web.StreamResponse:
+        # The token check comes before routing's 404/405 too, so an unauthenticated
+        # client learns nothing about which mutating routes exist.
+        if request.method not in SAFE_METHODS and not self._authorized(request):
+            return error_response(401, "unauthorized",
+                                  "this call needs Authorization: Bearer <admin.token>",
+                                  headers={"WWW-Authenticate": 'Bearer realm="lbproxy"'})
+        try:
+            return await handler(request)
+        except _Problem as p:
+            return error_response(p.status, p.code, p.message, p.errors)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            code = {404: "not_found", 405: "method_not_allowed",
+                    413: "body_too_large"}.get(exc.status, "bad_request")
+            return error_response(exc.status, code, exc.reason, headers=headers)
+        except Exception as exc:
+            # A bug, not the caller's fault: say so in the one JSON shape, and log it.
+            log.exception("admin %s %s failed", request.method, request.path)
+            return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
+
+    # ---- reading ---------------------------------------------------------------------
 
     def inflight(self, cluster: str, address: str) -> int:
         """In-flight requests to one backend, from the configured source."""
@@ -42,39 +170,135 @@ class AdminAPI:
         c = self.snapshot.clusters.get(cluster)
         return 0 if c is None else c.state.inflight(address)
 
+    def is_ready(self) -> bool:
+        """Whether /ready answers 200."""
+        return self.accepting and not self.draining
+
     async def ready(self, request: web.Request) -> web.Response:
         """GET /ready: 200 once every listener accepts; 503 while starting or draining."""
-        if self.accepting and not self.draining:
+        if self.is_ready():
             return web.json_response({"ready": True})
         reason = "draining" if self.draining else "starting"
         return web.json_response({"ready": False, "reason": reason}, status=503)
+
+    def _backend_view(self, cluster: Cluster, b: BackendInfo) -> dict[str, Any]:
+        return {
+            "address": b.address,
+            "weight": b.weight,
+            "zone": b.zone,
+            "state": cluster.state.state_of(b.address),
+            "healthy": cluster.state.is_healthy(b.address),  # health check and ejection
+            "ejected": cluster.state.is_ejected(b.address),
+            "inflight": self.inflight(cluster.name, b.address),
+        }
 
     def clusters_view(self) -> dict[str, Any]:
         """The /clusters document for the current snapshot (CONTRACT.md shape)."""
         snap = self.snapshot  # read once: one consistent view
         out: dict[str, Any] = {}
         for name, cluster in snap.clusters.items():
-            state = cluster.state
             out[name] = {
                 "policy": cluster.policy,
                 "version": snap.version,
-                "backends": [
-                    {
-                        "address": b.address,
-                        "weight": b.weight,
-                        "zone": b.zone,
-                        "state": state.state_of(b.address),
-                        "healthy": True,  # until active health checks exist
-                        "inflight": self.inflight(name, b.address),
-                    }
-                    for b in cluster.backends
-                ],
+                "backends": [self._backend_view(cluster, b) for b in cluster.backends],
             }
         return {"clusters": out}
 
     async def clusters(self, request: web.Request) -> web.Response:
         """GET /clusters: policy, version and backends of every cluster (read-only)."""
         return web.json_response(self.clusters_view())
+
+    async def stats(self, request: web.Request) -> web.Response:
+        """GET /stats: counters and latency percentiles per cluster and backend."""
+        return web.json_response(stats_view(self.snapshot, self.inflight))
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """GET /metrics: Prometheus text exposition of the same counters."""
+        return web.Response(body=metrics.exposition(self._registry),
+                            headers={"Content-Type": metrics.CONTENT_TYPE})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        """GET /openapi.json: the OpenAPI 3.1 description of this API."""
+        return web.json_response(openapi.DOCUMENT)
+
+    # ---- mutating --------------------------------------------------------------------
+
+    def _cluster_config(self, name: str) -> tuple[Controller, config.ClusterConfig]:
+        if self._controller is None:
+            raise _Problem(503, "read_only", "this admin API has no controller")
+        cc = self._controller.config.clusters.get(name)
+        if cc is None:
+            raise _Problem(404, "unknown_cluster", f"no cluster named {name!r}")
+        return self._controller, cc
+
+    async def _published(self, snap: Snapshot, answer: dict[str, Any]) -> web.Response:
+        """200 with `answer`, once the workers applied `snap` (or the wait gave up)."""
+        if self._propagation is not None:
+            pending = await self._propagation(snap.version)
+            if pending:  # applied here and sent; these workers did not confirm in time
+                answer = {**answer, "pending_workers": pending}
+        return web.json_response(answer)
+
+    async def put_backends(self, request: web.Request) -> web.Response:
+        """PUT /clusters/{name}/backends: replace the backend set atomically."""
+        name = request.match_info["name"]
+        self._cluster_config(name)  # 404 before reading a body for nothing
+        body: BackendSet = _decode(await request.read(), BackendSet)
+        # Re-read after the await: the config in force may have changed meanwhile.
+        controller, cc = self._cluster_config(name)
+        new_cc = msgspec.structs.replace(cc, backends=list(body.backends))
+        errors = config.validate_cluster(new_cc, "")
+        if errors:
+            raise _Problem(400, "invalid_body", "invalid backend set", errors)
+        cfg = controller.config
+        snap = controller.apply(msgspec.structs.replace(
+            cfg, clusters={**cfg.clusters, name: new_cc}))
+        return await self._published(snap, {"version": snap.version})
+
+    def _member_index(self, cc: config.ClusterConfig, address: str) -> int:
+        for i, entry in enumerate(cc.backends):
+            if config.backend_of(entry).address == address:
+                return i
+        raise _Problem(404, "unknown_backend", f"no backend {address!r} in this cluster")
+
+    async def patch_backend(self, request: web.Request) -> web.Response:
+        """PATCH /clusters/{name}/backends/{address}: weight and/or drain state."""
+        name, address = request.match_info["name"], request.match_info["address"]
+        self._member_index(self._cluster_config(name)[1], address)
+        body: BackendPatch = _decode(await request.read(), BackendPatch)
+        if body.weight is msgspec.UNSET and body.state is msgspec.UNSET:
+            raise _Problem(400, "invalid_body", "set weight and/or state",
+                           [("", "expected at least one of: weight, state")])
+        if body.weight is not msgspec.UNSET:
+            # The same checks as a config entry, named by this body's field.
+            errors = config.validate_backends(
+                [config.Backend(address=address, weight=body.weight)], "")
+            if errors:
+                raise _Problem(400, "invalid_body", "invalid weight",
+                               [("weight", msg) for _, msg in errors])
+        controller, cc = self._cluster_config(name)  # re-read after the await
+        index = self._member_index(cc, address)
+        backends = list(cc.backends)
+        if body.weight is not msgspec.UNSET:
+            old = config.backend_of(backends[index])
+            backends[index] = msgspec.structs.replace(old, weight=body.weight)
+        drained = {n: set(a) for n, a in controller.snapshot.drained.items()}
+        if body.state == "drain":
+            drained.setdefault(name, set()).add(address)
+        elif body.state == "active":
+            drained.get(name, set()).discard(address)
+        cfg = controller.config
+        new_cc = msgspec.structs.replace(cc, backends=backends)
+        snap = controller.apply(
+            msgspec.structs.replace(cfg, clusters={**cfg.clusters, name: new_cc}),
+            drained=drained)
+        cluster = snap.clusters[name]
+        # Found in this snapshot's tuple: a later PUT may have removed it from the state.
+        info = next(b for b in cluster.backends if b.address == address)
+        return await self._published(snap, {"version": snap.version,
+                                            "backend": self._backend_view(cluster, info)})
+
+    # ---- lifecycle -------------------------------------------------------------------
 
     async def start(self, host: str, port: int) -> int:
         """Listen on host:port (OSError when it cannot); returns the bound port."""

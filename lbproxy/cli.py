@@ -31,7 +31,7 @@ def _run(path: str, workers: int) -> int:
         return 1
     from lbproxy import server  # after validation: start-up imports uvloop and aiohttp
 
-    return server.run(cfg, workers)
+    return server.run(cfg, workers, config_path=path)
 
 
 def _workers(value: str) -> int:

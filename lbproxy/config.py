@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from lbproxy._selectors_check import MAX_WEIGHT  # the selectors' bound, named once
+
 Policy = Literal["maglev", "p2c", "round_robin"]
 POLICIES: tuple[str, ...] = ("maglev", "p2c", "round_robin")
 HASH_ON_KINDS = ("path", "path_regex:", "header:", "query:", "cookie:")
@@ -98,6 +100,36 @@ class Backend(_Base, frozen=True):
     zone: str = ""
 
 
+class OutlierDetection(_Base, frozen=True):
+    """Passive ejection on consecutive failures (Envoy's outlier_detection, same defaults)."""
+
+    enabled: bool = True  # on with no configuration (CONTRACT.md)
+    consecutive_5xx: int = 5  # 5xx responses and connect/reset/timeout failures in a row
+    consecutive_gateway_failure: int = 5  # 502/503/504 and connect/reset/timeout in a row
+    base_ejection_time: float = 30.0  # seconds; x the number of times ejected
+    max_ejection_time: float = 300.0  # cap on one ejection (seconds)
+    max_ejection_percent: float = 10.0  # at least one host may always be ejected
+    interval: float = 10.0  # the ejection multiplier drops by one per interval not ejected
+
+
+class HealthCheck(_Base, frozen=True):
+    """Active HTTP GET health checks; only clusters that configure one are checked."""
+
+    path: str
+    interval: float = 5.0  # seconds between probes of one backend
+    timeout: float = 1.0  # a probe with no status line by then failed
+    unhealthy_threshold: int = 3  # failed probes in a row before marking unhealthy
+    healthy_threshold: int = 2  # passed probes in a row before marking healthy again
+    expected_statuses: list[int | str] = msgspec.field(default_factory=lambda: ["200-399"])
+    host: str | None = None  # Host header; the backend's address when unset
+
+
+class CircuitBreaker(_Base, frozen=True):
+    """Envoy-style thresholds per cluster (not a state machine); 0 = unlimited."""
+
+    max_requests: int = 0  # requests in flight to the cluster at once (this process)
+
+
 class ClusterConfig(_Base, frozen=True):
     """A named pool of backends and the policy that picks among them."""
 
@@ -106,6 +138,12 @@ class ClusterConfig(_Base, frozen=True):
     table_size: int = DEFAULT_TABLE_SIZE  # Maglev lookup table size (prime)
     balance_factor: float = 1.25  # bounded-load cap c (Mirrokni et al. 2018); 0 disables
     seed: int = 0  # P2C's random stream; fixed so tests are deterministic
+    # Percent of backends that must be usable (not ejected or unhealthy) before those marks
+    # are ignored (Envoy's healthy_panic_threshold, default 50); 0 disables panic routing.
+    panic_threshold: float = 50.0
+    outlier_detection: OutlierDetection = msgspec.field(default_factory=OutlierDetection)
+    health_check: HealthCheck | None = None
+    circuit_breaker: CircuitBreaker = msgspec.field(default_factory=CircuitBreaker)
 
 
 class RouteConfig(_Base, frozen=True):
@@ -180,12 +218,33 @@ def validate_backends(entries: list[str | Backend], path: str) -> list[tuple[str
             parse_hostport(b.address)
         except ValueError as exc:
             errors.append((where if isinstance(entry, str) else f"{where}.address", str(exc)))
-        if b.weight < 1:
-            errors.append((f"{where}.weight", f"must be >= 1, got {b.weight}"))
+        if not 1 <= b.weight <= MAX_WEIGHT:
+            errors.append((f"{where}.weight", f"must be 1-{MAX_WEIGHT}, got {b.weight}"))
         if b.address in seen:
             errors.append((where, f"duplicate address {b.address!r} (also at [{seen[b.address]}])"))
         seen.setdefault(b.address, i)
     return errors
+
+
+def validate_cluster(cl: ClusterConfig, base: str) -> list[tuple[str, str]]:
+    """Errors in one cluster (config load and the admin API); paths start at `base`."""
+    def at(name: str) -> str:
+        return f"{base}.{name}" if base else name
+
+    errors = validate_backends(cl.backends, at("backends"))
+    if cl.policy == "maglev":
+        if not _is_prime(cl.table_size):
+            errors.append((at("table_size"), f"must be prime, got {cl.table_size}"))
+        elif cl.table_size < len(cl.backends):
+            errors.append((at("table_size"), "must be >= the number of backends"))
+    if cl.balance_factor != 0 and cl.balance_factor < 1:
+        errors.append((at("balance_factor"), "must be >= 1 (or 0 to disable)"))
+    errors += validate_resilience(cl, base)
+    return errors
+
+
+# RFC 9110 §5.6.2: field names (and methods) are tokens of tchar.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def _validate_hash_on(value: str) -> str | None:
@@ -203,11 +262,72 @@ def _validate_hash_on(value: str) -> str | None:
                     return f"invalid regex: {exc}"
                 if rx.groups < 1:
                     return "path_regex needs a capture group (its first group is the key)"
+            elif kind == "header:" and not _TOKEN.fullmatch(arg):
+                return f"not a header field name (RFC 9110 token): {arg!r}"
+            elif kind in ("query:", "cookie:") and any(c in arg for c in "&=; \t"):
+                return f"{kind[:-1]} name must not contain '&', '=', ';' or whitespace"
             return None
     return (
         f"unknown hash_on {value!r}; expected one of "
         "path, path_regex:RE, header:NAME, query:NAME, cookie:NAME"
     )
+
+
+def parse_status_ranges(entries: list[int | str]) -> list[tuple[int, int]]:
+    """``[200, "300-399"]`` → inclusive ``(low, high)`` pairs; ValueError naming the entry."""
+    out = []
+    for entry in entries:
+        if isinstance(entry, int):
+            low = high = entry
+        else:
+            lo, sep, hi = entry.partition("-")
+            if not (lo.strip().isdigit() and (not sep or hi.strip().isdigit())):
+                raise ValueError(f"expected a status or 'LOW-HIGH', got {entry!r}")
+            low, high = int(lo), int(hi) if sep else int(lo)
+        if not 100 <= low <= high <= 599:
+            raise ValueError(f"statuses must be 100-599, low <= high; got {entry!r}")
+        out.append((low, high))
+    return out
+
+
+def validate_resilience(cl: ClusterConfig, base: str) -> list[tuple[str, str]]:
+    """Errors in a cluster's panic threshold, outlier detection, health check and breaker."""
+    errors: list[tuple[str, str]] = []
+
+    def need(ok: bool, field: str, msg: str) -> None:
+        if not ok:
+            errors.append((f"{base}.{field}" if base else field, msg))
+
+    need(0 <= cl.panic_threshold <= 100, "panic_threshold", "must be 0-100 (percent)")
+    od = cl.outlier_detection
+    for name in ("consecutive_5xx", "consecutive_gateway_failure"):
+        need(getattr(od, name) >= 1, f"outlier_detection.{name}", "must be >= 1")
+    for name in ("base_ejection_time", "max_ejection_time", "interval"):
+        need(getattr(od, name) > 0, f"outlier_detection.{name}", "must be > 0 (seconds)")
+    need(0 <= od.max_ejection_percent <= 100, "outlier_detection.max_ejection_percent",
+         "must be 0-100 (percent)")
+    hc = cl.health_check
+    if hc is not None:
+        need(hc.path.startswith("/"), "health_check.path", "must start with '/'")
+        need(hc.path.isascii() and hc.path.isprintable() and " " not in hc.path,
+             "health_check.path", "must be ASCII without spaces or control characters")
+        for name in ("interval", "timeout"):
+            need(getattr(hc, name) > 0, f"health_check.{name}", "must be > 0 (seconds)")
+        for name in ("unhealthy_threshold", "healthy_threshold"):
+            need(getattr(hc, name) >= 1, f"health_check.{name}", "must be >= 1")
+        need(bool(hc.expected_statuses), "health_check.expected_statuses",
+             "must list at least one status or range")
+        for i, entry in enumerate(hc.expected_statuses):
+            try:
+                parse_status_ranges([entry])
+            except ValueError as exc:
+                need(False, f"health_check.expected_statuses[{i}]", str(exc))
+        if hc.host is not None:
+            need(hc.host.isascii() and hc.host.isprintable() and bool(hc.host.strip()),
+                 "health_check.host", "must be a non-empty printable ASCII host")
+    need(cl.circuit_breaker.max_requests >= 0, "circuit_breaker.max_requests",
+         "must be >= 0 (0 = unlimited)")
+    return errors
 
 
 def validate(cfg: Config) -> list[tuple[str, str]]:
@@ -220,6 +340,11 @@ def validate(cfg: Config) -> list[tuple[str, str]]:
                 ipaddress.ip_address(host)
         except ValueError as exc:
             errors.append((path, str(exc)))
+    if cfg.admin.token is not None and not cfg.admin.token.strip():
+        # An empty token would let "Authorization: Bearer " through: omit it instead.
+        errors.append(("admin.token", "must not be empty (omit it to leave the API open)"))
+    if cfg.admin.bind == cfg.listener.bind and not cfg.admin.bind.endswith(":0"):
+        errors.append(("admin.bind", f"must differ from listener.bind ({cfg.listener.bind})"))
     if cfg.listener.tls is not None:
         for name in ("cert", "key"):
             f = getattr(cfg.listener.tls, name)
@@ -241,15 +366,7 @@ def validate(cfg: Config) -> list[tuple[str, str]]:
     if not cfg.clusters:
         errors.append(("clusters", "must define at least one cluster"))
     for cname, cl in cfg.clusters.items():
-        base = f"clusters.{cname}"
-        errors += validate_backends(cl.backends, f"{base}.backends")
-        if cl.policy == "maglev":
-            if not _is_prime(cl.table_size):
-                errors.append((f"{base}.table_size", f"must be prime, got {cl.table_size}"))
-            elif cl.table_size < len(cl.backends):
-                errors.append((f"{base}.table_size", "must be >= the number of backends"))
-        if cl.balance_factor != 0 and cl.balance_factor < 1:
-            errors.append((f"{base}.balance_factor", "must be >= 1 (or 0 to disable)"))
+        errors += validate_cluster(cl, f"clusters.{cname}")
     if not cfg.routes:
         errors.append(("routes", "must define at least one route"))
     for i, rt in enumerate(cfg.routes):
@@ -264,6 +381,10 @@ def validate(cfg: Config) -> list[tuple[str, str]]:
             errors.append((f"{base}.host", "must not be empty"))
         if rt.max_body_bytes is not None and rt.max_body_bytes < 0:
             errors.append((f"{base}.max_body_bytes", "must be >= 0"))
+        for name in rt.headers or {}:
+            if not _TOKEN.fullmatch(name):
+                errors.append((field_path(f"{base}.headers", name),
+                               "not a header field name (RFC 9110 token)"))
         if rt.methods is not None:
             for j, m in enumerate(rt.methods):
                 if not m or not m.isalpha() or not m.isupper():
@@ -281,7 +402,8 @@ def field_path(base: str, key: str) -> str:
     return f"{base}{seg}" if base else seg.lstrip(".")
 
 
-def _located(exc: msgspec.ValidationError, base: str) -> tuple[str, str]:
+def located(exc: msgspec.ValidationError, base: str) -> tuple[str, str]:
+    """(field path re-rooted at `base`, message without msgspec's location suffix)."""
     # msgspec appends " - at `$.a[1].b`" relative to what it converted; re-root it at `base`.
     msg = str(exc)
     m = _PATH_RE.search(msg)
@@ -302,7 +424,7 @@ def _convert_clusters(clusters: Any, errors: list[tuple[str, str]]) -> Any:
         try:
             converted[name] = msgspec.convert(entry, ClusterConfig)
         except msgspec.ValidationError as exc:
-            errors.append(_located(exc, field_path("clusters", name)))
+            errors.append(located(exc, field_path("clusters", name)))
     return converted
 
 
@@ -344,7 +466,7 @@ def from_dict(data: Any) -> Config:
         try:
             sections[name] = msgspec.convert(value, f.type)
         except msgspec.ValidationError as exc:
-            where, msg = _located(exc, name)
+            where, msg = located(exc, name)
             if "[...]" not in where or not any(p.startswith(name) for p, _ in errors):
                 errors.append((where, msg))  # else: already named precisely above
     if errors:
@@ -376,3 +498,12 @@ def load(path: str | Path) -> Config:
     except Exception as exc:  # every parser has its own error type
         raise ConfigError([("", f"{p}: not valid {suffix.lstrip('.') or 'toml'}: {exc}")]) from None
     return from_dict(data)
+
+
+def restart_required(old: Config, new: Config) -> list[tuple[str, str]]:
+    """What differs between two configs that a running process cannot apply (sockets)."""
+    return [
+        (name, f"changing {name} needs a restart")
+        for name in ("listener", "admin")
+        if getattr(old, name) != getattr(new, name)
+    ]

@@ -25,6 +25,10 @@ SEGMENT_BYTES = 256 * 1024
 LAST_MODIFIED = "Mon, 02 Nov 2026 00:00:00 GMT"
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
+# One-element list: the default name needs the bound port, known only once the app is
+# frozen, so the list (not the app) is what changes.
+ORIGIN_NAME = web.AppKey("origin_name", list[str])
+
 PROXY_BIND = "127.0.0.1:8080"
 ADMIN_BIND = "127.0.0.1:9901"
 
@@ -112,11 +116,6 @@ async def _upload(request: web.Request) -> web.Response:
         "path": request.path,
     }
     return web.json_response(result, headers={"X-Origin": name})
-
-
-# One-element list: the default name needs the bound port, known only once the app is
-# frozen, so the list (not the app) is what changes.
-ORIGIN_NAME = web.AppKey("origin_name", list[str])
 
 
 async def _start(app: web.Application, host: str, port: int,

@@ -2,7 +2,7 @@
 
 Owns `Router` (first match wins, as CONTRACT.md says) and `Route.hash_key`. Everything a
 route needs is compiled when the snapshot is built: `match()` and `hash_key()` run per
-request and never compile a regex, parse config or allocate more than the key they return.
+request and never compile a regex or parse config.
 Must not touch the selectors' internals: a route only hands its cluster a key.
 """
 
@@ -146,6 +146,8 @@ class Route:
     ) -> None:
         self.cluster = cluster
         self.max_body_bytes = max_body_bytes
+        # A plain byte prefix, as Envoy's route `prefix`: "/upload" also matches "/uploads";
+        # write "/upload/" to require a path segment boundary.
         self._prefix = path_prefix.encode()
         self._methods = frozenset(m.encode() for m in methods) if methods else None
         self._host = _config_host(host) if host else None
@@ -170,27 +172,16 @@ class Route:
             max_body_bytes=default_max_body if rc.max_body_bytes is None else rc.max_body_bytes,
         )
 
-    @property
-    def needs_host(self) -> bool:
-        """Whether this route matches on the Host header."""
-        return self._host is not None
-
-    def matches(self, method: bytes, path: bytes, host: bytes, headers: Headers) -> bool:
-        """Whether a request matches; `host` must already be normalised."""
-        # Cheapest and most selective test first: most routes differ by prefix.
-        if not path.startswith(self._prefix):
-            return False
-        if self._methods is not None and method not in self._methods:
-            return False
-        if self._host is not None and host != self._host:
-            return False
-        if self._headers is not None:
-            for want_name, want_value in self._headers:
-                for n, v in headers:
-                    if n == want_name and v == want_value:
-                        break
-                else:
-                    return False
+    def headers_match(self, headers: Headers) -> bool:
+        """Whether every configured header is present with exactly its value."""
+        if self._headers is None:
+            return True
+        for want_name, want_value in self._headers:
+            for n, v in headers:
+                if n == want_name and v == want_value:
+                    break
+            else:
+                return False
         return True
 
     def hash_key(self, path: bytes, query: bytes, headers: Headers) -> bytes:
@@ -202,17 +193,28 @@ class Route:
 class Router:
     """An ordered list of routes; the first that matches wins (CONTRACT.md)."""
 
-    __slots__ = ("_needs_host", "routes")
+    __slots__ = ("routes",)
 
     def __init__(self, routes: Sequence[Route]) -> None:
         self.routes = tuple(routes)
-        self._needs_host = any(r.needs_host for r in self.routes)
 
     def match(self, method: bytes, path: bytes, host: bytes, headers: Headers) -> Route | None:
         """The first route matching the request, or None (→ 404)."""
-        if self._needs_host:
-            host = normalise_host(host)
+        # Conditions inlined here (not a Route method call per route) because this loop runs
+        # per request; cheapest and most selective test first, Host normalised only if a
+        # host-conditioned route gets that far, and then once.
+        norm: bytes | None = None
         for route in self.routes:
-            if route.matches(method, path, host, headers):
-                return route
+            if not path.startswith(route._prefix):
+                continue
+            if route._methods is not None and method not in route._methods:
+                continue
+            if route._host is not None:
+                if norm is None:
+                    norm = normalise_host(host)
+                if norm != route._host:
+                    continue
+            if route._headers is not None and not route.headers_match(headers):
+                continue
+            return route
         return None

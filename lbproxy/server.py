@@ -7,12 +7,15 @@ socket with SO_REUSEPORT (the kernel spreads connections across them) and runnin
 `DataPlane`; the admin API stays in the supervisor.
 
 Why the supervisor, not worker 0, serves the admin API: the admin API is the controller
-(later it replaces backend sets and must push every new snapshot to every worker), it must
+(it replaces backend sets and drain marks and must push every new snapshot to every
+worker, then waits until each has applied it before answering), it must
 keep answering ``/ready`` with 503 while the workers drain, and a worker busy with traffic
 or restarting must not take the control plane with it. In-flight counts live in each
 worker's `BackendLoad`; workers report theirs every `REPORT_INTERVAL_S` over their stdout
 pipe, so under a supervisor ``/clusters`` shows the sum across workers as of their last
-reports (at most that old), not a live count.
+reports (at most that old), not a live count. Request counters and latency histograms
+travel the same way, as deltas the supervisor adds to its own (otherwise idle) counters, so
+``/stats`` and ``/metrics`` show the sum over workers, at most one report interval old.
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ from typing import Protocol
 import msgspec
 import uvloop
 
-from lbproxy import config
+from lbproxy import config, resilience, stats
 from lbproxy.admin import AdminAPI
-from lbproxy.snapshot import Snapshot, build_snapshot
+from lbproxy.controller import Controller
+from lbproxy.snapshot import Snapshot
 
 # The data plane class, as "module:attribute"; workers import it by this name.
 DEFAULT_DATAPLANE = "lbproxy.proxy:DataPlane"
@@ -43,6 +47,8 @@ REPORT_INTERVAL_S = 0.25
 DRAIN_GRACE_S = 5.0
 # A worker that dies after it was ready is restarted after this pause (crash-loop brake).
 RESTART_DELAY_S = 1.0
+# An admin mutation waits at most this long for every worker to apply the new snapshot.
+PROPAGATION_TIMEOUT_S = 5.0
 
 
 class DataPlaneLike(Protocol):
@@ -184,8 +190,13 @@ class Listener:
         self.cfg = cfg
         self.host, _ = config.parse_hostport(cfg.listener.bind)
         self.port = port
+        self.ssl: ssl.SSLContext | None = None
+        if cfg.listener.tls is not None:
+            try:
+                self.ssl = build_ssl_context(cfg.listener.tls)
+            except (ssl.SSLError, OSError) as exc:
+                raise StartupError(f"cannot load listener.tls cert/key: {exc}") from None
         self.dataplane = dataplane(snapshot)
-        self.ssl = build_ssl_context(cfg.listener.tls) if cfg.listener.tls else None
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -217,17 +228,25 @@ def _listening(cfg: config.Config, host: str, port: int, index: int, total: int)
 async def serve(cfg: config.Config, *, dataplane: DataPlaneFactory,
                 stop: asyncio.Event | None = None,
                 on_ready: Callable[[Listener, AdminAPI], Awaitable[None] | None] | None = None,
-                ) -> None:
-    """Run one listener, its data plane and the admin API in this process until `stop`."""
+                config_path: str | None = None) -> None:
+    """Run one listener, its data plane and the admin API in this process until `stop`.
+
+    With `config_path`, SIGHUP reloads that file (see `_install_reload`).
+    """
+    loop = asyncio.get_running_loop()
     if stop is None:
-        stop = _install_stop(asyncio.get_running_loop())
+        stop = _install_stop(loop)
     host, port = config.parse_hostport(cfg.listener.bind)
     port = probe_port(host, port)
     admin_host, admin_port = config.parse_hostport(cfg.admin.bind)
-    snapshot = build_snapshot(cfg, {}, 1)
-    listener = Listener(cfg, snapshot, dataplane, port)
-    admin = AdminAPI(snapshot)
+    controller = Controller(cfg)
+    listener = Listener(cfg, controller.snapshot, dataplane, port)
+    admin = AdminAPI(controller.snapshot, controller=controller)
+    controller.sinks += [_assign(listener.dataplane), _assign(admin)]
     admin_port = await _start_admin(admin, admin_host, admin_port)
+    if config_path is not None:
+        _install_reload(loop, controller, config_path)
+    upkeep = resilience.start(controller)  # health checks run where the data plane is
     try:
         await listener.start()
         admin.accepting = True
@@ -242,61 +261,140 @@ async def serve(cfg: config.Config, *, dataplane: DataPlaneFactory,
         admin.draining = True
         await listener.drain()
     finally:
+        await upkeep.stop()
         await admin.stop()
     log("stopped")
+
+
+def _assign(consumer: DataPlaneLike | AdminAPI) -> Callable[[Snapshot], None]:
+    # The one-assignment swap of ARCHITECTURE.md rule 1.
+    def sink(snapshot: Snapshot) -> None:
+        consumer.snapshot = snapshot
+
+    return sink
+
+
+def _install_reload(loop: asyncio.AbstractEventLoop, controller: Controller, path: str) -> None:
+    """SIGHUP re-reads `path`; a valid file becomes the next snapshot, else nothing changes."""
+
+    def reload() -> None:
+        try:
+            snap = controller.apply(config.load(path))
+        except config.ConfigError as exc:
+            for field, msg in exc.errors:
+                log(f"reload rejected, keeping version {controller.snapshot.version}: "
+                    + (f"{field}: {msg}" if field else msg))
+            return
+        log(f"reloaded {path} (version {snap.version})")
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
 
 
 # ---- workers (--workers N > 1) -------------------------------------------------------
 
 
-async def _report_loop(snapshot: Snapshot) -> None:
-    # Off the request path: reads BackendLoad from a timer, never from a request.
+def _report_stats(controller: Controller, deltas: stats.DeltaReporter) -> None:
+    report = deltas.collect(controller.snapshot)
+    if report:
+        _emit_line(json.dumps({"event": "stats", "clusters": report}))
+
+
+async def _report_loop(controller: Controller, deltas: stats.DeltaReporter) -> None:
+    # Off the request path: reads BackendLoad and counters from a timer, never per request.
     last = ""
     while True:
         view = {name: {b.address: c.state.inflight(b.address) for b in c.backends}
-                for name, c in snapshot.clusters.items()}
-        line = json.dumps({"event": "inflight", "clusters": view})
+                for name, c in controller.snapshot.clusters.items()}
+        line = json.dumps({"event": "inflight", "clusters": view,
+                           "marks": resilience.marks_view(controller.snapshot)})
         if line != last:
             _emit_line(line)
             last = line
+        _report_stats(controller, deltas)
         await asyncio.sleep(REPORT_INTERVAL_S)
 
 
 def _emit_line(line: str) -> None:
-    # The pipe to the supervisor; lines are short (well under PIPE_BUF is not needed: one
-    # writer per pipe), and a supervisor that went away makes this process exit on EPIPE.
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    # The pipe to the supervisor, which reads it continuously, so this short write does not
+    # block. If the supervisor is gone the write fails; stdin's EOF then starts the drain.
+    with contextlib.suppress(BrokenPipeError):
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
-async def _worker(cfg: config.Config, index: int, total: int, port: int,
-                  dataplane: DataPlaneFactory) -> None:
-    stop = _install_stop(asyncio.get_running_loop())
-    snapshot = build_snapshot(cfg, {}, 1)
-    listener = Listener(cfg, snapshot, dataplane, port)
+class _SupervisorPipe(asyncio.Protocol):
+    """The worker's stdin: new configs as JSON lines; EOF means the supervisor is gone."""
+
+    def __init__(self, stop: asyncio.Event, controller: Controller) -> None:
+        self._stop = stop
+        self._controller = controller
+        self._buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        while b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            try:
+                msg = json.loads(line)
+                snap = self._controller.apply(config.from_dict(msg["config"]), msg["version"],
+                                              msg.get("drained", {}))
+            except (ValueError, KeyError, TypeError) as exc:  # ConfigError is a ValueError
+                # The supervisor validated it, so this is a bug: be loud, keep serving.
+                log(f"worker could not apply a config line: {exc}")
+                continue
+            _emit_line(json.dumps({"event": "applied", "version": snap.version}))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._stop.is_set():
+            log("supervisor went away; draining")
+        self._stop.set()
+
+
+async def _worker(cfg: config.Config, version: int, drained: dict[str, list[str]], index: int,
+                  total: int, port: int, dataplane: DataPlaneFactory) -> None:
+    loop = asyncio.get_running_loop()
+    stop = _install_stop(loop)
+    controller = Controller(cfg, version, drained)
+    listener = Listener(cfg, controller.snapshot, dataplane, port)
+    controller.sinks.append(_assign(listener.dataplane))
+    upkeep = resilience.start(controller)  # each worker checks its own ClusterStates
+    # Later configs arrive on stdin; its EOF means an orphan, which must not keep serving.
+    pipe, _ = await loop.connect_read_pipe(lambda: _SupervisorPipe(stop, controller), sys.stdin)
     await listener.start()
     host, _ = config.parse_hostport(cfg.listener.bind)
     log(_listening(cfg, host, listener.port, index, total))
-    _emit_line(json.dumps({"event": "ready", "worker": index}))
-    reporter = asyncio.create_task(_report_loop(snapshot))
+    _emit_line(json.dumps({"event": "ready", "worker": index, "version": version}))
+    deltas = stats.DeltaReporter()
+    reporter = asyncio.create_task(_report_loop(controller, deltas))
     await stop.wait()
     await listener.drain()
+    await upkeep.stop()
     reporter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await reporter
+    _report_stats(controller, deltas)  # what the drain finished counts too
+    pipe.close()
 
 
 def worker_main(argv: list[str]) -> int:
     """Entry of one worker process: ``python -m lbproxy.server INDEX TOTAL PORT DATAPLANE``.
 
-    The supervisor writes the config as one JSON line on stdin (already validated there).
+    The supervisor writes ``{"version": N, "config": {...}, "drained": {...}}`` lines on
+    stdin (validated there): the first one to start with, each later one to replace the
+    snapshot; the worker answers each later one with ``{"event": "applied", "version": N}``.
     """
     index, total, port, dataplane_name = int(argv[0]), int(argv[1]), int(argv[2]), argv[3]
-    cfg = config.from_dict(json.loads(sys.stdin.readline()))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reload is the supervisor's to do
+    # The raw (unbuffered) stream reads exactly one line, so nothing the supervisor sends
+    # later is swallowed by a read-ahead buffer before the event loop watches stdin.
+    with open(sys.stdin.fileno(), "rb", buffering=0, closefd=False) as raw:
+        first = json.loads(raw.readline())
+    cfg = config.from_dict(first["config"])
     try:
         dataplane = load_dataplane(dataplane_name)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(_worker(cfg, index, total, port, dataplane))
+            runner.run(_worker(cfg, first["version"], first.get("drained", {}), index, total,
+                               port, dataplane))
     except StartupError as exc:
         log(f"worker {index}/{total}: {exc}")
         return 1
@@ -304,26 +402,40 @@ def worker_main(argv: list[str]) -> int:
 
 
 class _WorkerProcess:
-    """The supervisor's handle on one worker: its process and its last in-flight report."""
+    """The supervisor's handle on one worker: its process and its last reports."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int,
+                 on_stats: Callable[[dict[str, dict[str, object]]], None]) -> None:
         self.index = index
         self.proc: asyncio.subprocess.Process | None = None
         self.ready = asyncio.Event()
         self.inflight: dict[str, dict[str, int]] = {}
+        self.marks: resilience.MarksView = {}  # its unhealthy/ejected backends
+        self.version = 0  # the snapshot version it last said it applied
+        self._on_stats = on_stats
 
-    async def spawn(self, cfg_line: bytes, total: int, port: int, dataplane: str) -> None:
-        """Start the process and hand it the config."""
+    async def spawn(self, cfg_line: Callable[[], bytes], total: int, port: int,
+                    dataplane: str) -> None:
+        """Start the process and hand it the config line in force once it exists."""
         self.ready.clear()
         self.inflight = {}
+        self.marks = {}
+        self.version = 0
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "lbproxy.server",
             str(self.index), str(total), str(port), dataplane,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )
         assert self.proc.stdin is not None
-        self.proc.stdin.write(cfg_line)
+        # Read after the await above: a broadcast during it skipped this process, so it
+        # must start from the newest line, not the one in force when spawn() was called.
+        self.proc.stdin.write(cfg_line())
         await self.proc.stdin.drain()
+
+    def send(self, line: bytes) -> None:
+        """Hand a running worker a new config line (buffered by the pipe transport)."""
+        if self.proc is not None and self.proc.returncode is None and self.proc.stdin:
+            self.proc.stdin.write(line)
 
     async def read_reports(self) -> None:
         """Consume the worker's JSON lines until it exits."""
@@ -333,14 +445,25 @@ class _WorkerProcess:
                 msg = json.loads(raw)
             except ValueError:
                 continue
-            if msg.get("event") == "ready":
+            event = msg.get("event")
+            if event == "ready":
+                self.version = msg.get("version", 0)
                 self.ready.set()
-            elif msg.get("event") == "inflight":
+            elif event == "applied":
+                self.version = msg["version"]
+            elif event == "inflight":
                 self.inflight = msg["clusters"]
+                self.marks = msg.get("marks", {})
+            elif event == "stats":
+                try:
+                    self._on_stats(msg["clusters"])
+                except (KeyError, TypeError, ValueError, IndexError) as exc:
+                    # A bad report must not end this loop (it also watches for the exit).
+                    log(f"worker {self.index}: bad stats report ignored: {exc!r}")
 
 
 async def supervise(cfg: config.Config, workers: int, dataplane: str,
-                    stop: asyncio.Event | None = None) -> int:
+                    stop: asyncio.Event | None = None, config_path: str | None = None) -> int:
     """Run `workers` worker processes and the admin API here; returns the exit status."""
     loop = asyncio.get_running_loop()
     if stop is None:
@@ -348,22 +471,48 @@ async def supervise(cfg: config.Config, workers: int, dataplane: str,
     host, port = config.parse_hostport(cfg.listener.bind)
     port = probe_port(host, port)  # also fixes port 0 to one port that every worker shares
     admin_host, admin_port = config.parse_hostport(cfg.admin.bind)
-    procs = [_WorkerProcess(i + 1) for i in range(workers)]
+    # The supervisor's own snapshot only describes the config (its loads stay idle); its
+    # counters hold the sum of the workers' reported deltas.
+    controller = Controller(cfg)
+    procs = [_WorkerProcess(i + 1, lambda r: stats.add_deltas(controller.states, r))
+             for i in range(workers)]
 
     def inflight(cluster: str, address: str) -> int:
         return sum(p.inflight.get(cluster, {}).get(address, 0) for p in procs)
 
-    # The supervisor's own snapshot only describes the config (its loads stay idle).
-    admin = AdminAPI(build_snapshot(cfg, {}, 1), inflight)
+    async def propagated(version: int) -> list[int]:
+        # A worker that is not ready (restarting) is skipped: it starts from the newest line.
+        def pending() -> list[int]:
+            return [p.index for p in procs
+                    if p.ready.is_set() and p.proc is not None and p.proc.returncode is None
+                    and p.version < version]
+
+        end = loop.time() + PROPAGATION_TIMEOUT_S
+        while pending() and loop.time() < end:
+            await asyncio.sleep(0.005)
+        return pending()
+
+    admin = AdminAPI(controller.snapshot, inflight, controller=controller,
+                     propagation=propagated)
+    cfg_line = _config_line(controller.snapshot)
+
+    def broadcast(snapshot: Snapshot) -> None:
+        nonlocal cfg_line
+        cfg_line = _config_line(snapshot)  # also what a restarted worker starts from
+        for p in procs:
+            p.send(cfg_line)
+
+    controller.sinks += [_assign(admin), broadcast]
     admin_port = await _start_admin(admin, admin_host, admin_port)
-    cfg_line = json.dumps(msgspec.to_builtins(cfg)).encode() + b"\n"
+    if config_path is not None:
+        _install_reload(loop, controller, config_path)
     draining = False
     status = 0
 
     async def keep(p: _WorkerProcess) -> None:
         nonlocal status
-        while True:
-            await p.spawn(cfg_line, workers, port, dataplane)
+        while not draining:  # a worker due for restart when the drain begins stays down
+            await p.spawn(lambda: cfg_line, workers, port, dataplane)
             assert p.proc is not None
             await p.read_reports()
             rc = await p.proc.wait()
@@ -414,26 +563,37 @@ async def supervise(cfg: config.Config, workers: int, dataplane: str,
     return status
 
 
+def _config_line(snapshot: Snapshot) -> bytes:
+    # Drain marks travel with the config: a worker's snapshot carries both, like ours.
+    body = {"version": snapshot.version, "config": msgspec.to_builtins(snapshot.config),
+            "drained": {name: sorted(a) for name, a in snapshot.drained.items()}}
+    return json.dumps(body).encode() + b"\n"
+
+
 async def _all_ready(procs: list[_WorkerProcess]) -> None:
     for p in procs:
         await p.ready.wait()
 
 
 async def _track_readiness(procs: list[_WorkerProcess], admin: AdminAPI) -> None:
-    # /ready is 200 only while every worker is accepting (a restarting one flips it to 503).
+    # /ready is 200 only while every worker is accepting (a restarting one flips it to 503);
+    # the workers' health and ejection marks are mirrored for /clusters on the same beat.
     while True:
         admin.accepting = all(p.ready.is_set() for p in procs)
+        resilience.mirror_marks(admin.snapshot, [p.marks for p in procs])
         await asyncio.sleep(REPORT_INTERVAL_S)
 
 
-def run(cfg: config.Config, workers: int = 1, dataplane: str | None = None) -> int:
-    """Run the proxy until SIGTERM/SIGINT; returns the process exit status."""
+def run(cfg: config.Config, workers: int = 1, dataplane: str | None = None,
+        config_path: str | None = None) -> int:
+    """Run the proxy until SIGTERM/SIGINT (SIGHUP reloads `config_path`); returns the status."""
     dataplane = dataplane or DEFAULT_DATAPLANE
+
     async def main() -> int:
         if workers == 1:
-            await serve(cfg, dataplane=load_dataplane(dataplane))
+            await serve(cfg, dataplane=load_dataplane(dataplane), config_path=config_path)
             return 0
-        return await supervise(cfg, workers, dataplane)
+        return await supervise(cfg, workers, dataplane, config_path=config_path)
 
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import sys
 from pathlib import Path
 
@@ -119,3 +120,16 @@ async def http_get(host: str, port: int, path: str = "/", headers: str = "",
         writer.close()
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), body
+
+
+def fixed_ports_free(*ports: int) -> bool:
+    """Whether nothing listens on these 127.0.0.1 ports (the demo and contract use fixed ones)."""
+    for port in ports:
+        with socket.socket() as s:
+            # SO_REUSEADDR: connections in TIME_WAIT from an earlier run do not count.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True

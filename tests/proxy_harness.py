@@ -145,6 +145,7 @@ class Backend:
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
         self.writers: list[asyncio.StreamWriter] = []
+        self.errors: list[Exception] = []
 
     @property
     def address(self) -> str:
@@ -164,6 +165,8 @@ class Backend:
             await self.handler(self, reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, httptools.HttpParserError):
             pass
+        except Exception as exc:  # a bug in the test's backend: fail the test, loudly
+            self.errors.append(exc)
         finally:
             writer.close()
 
@@ -284,6 +287,8 @@ async def running(*backends: Backend, **overrides: Any) -> AsyncIterator[Proxy]:
         await proxy.stop()
         for b in backends:
             await b.stop()
+    for b in backends:
+        assert not b.errors, f"backend handler failed: {b.errors!r}"
 
 
 @dataclass
@@ -347,6 +352,7 @@ class _RespParser:
             self.interim.append(status)
             return
         self.ready.append(self.current(True))
+        self._begin()  # at EOF before another head, `current` reports no response (0)
 
     def current(self, complete: bool) -> Response:
         status = self.parser.get_status_code() if self.head_done else 0

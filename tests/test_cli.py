@@ -5,7 +5,7 @@ import socket
 import subprocess
 
 import pytest
-from ctl_support import spawn, toml_config
+from ctl_support import fixed_ports_free, spawn, toml_config
 
 from lbproxy import cli
 
@@ -106,3 +106,57 @@ async def test_async_tests_run_on_uvloop():
     import uvloop
 
     assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+
+
+def test_contract_minimal_file_checks_as_written(tmp_path):
+    from test_config import CONTRACT_TOML
+
+    p = tmp_path / "lbproxy.toml"
+    p.write_text(CONTRACT_TOML)
+    r = _lbproxy("check", "--config", str(p))
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_check_reads_yaml_and_json_by_extension(tmp_path, suffix):
+    import json
+
+    data = {"clusters": {"a": {"backends": ["127.0.0.1:1", {"address": "127.0.0.1:2",
+                                                           "weight": -1}]}},
+            "routes": [{"cluster": "a"}]}
+    p = tmp_path / f"c{suffix}"
+    p.write_text(json.dumps(data))  # JSON is YAML too
+    r = _lbproxy("check", "-c", str(p))
+    assert r.returncode == 1
+    assert "error: clusters.a.backends[1].weight: must be 1-2147483647, got -1" in r.stderr
+
+
+async def test_contract_minimal_file_runs_as_written(tmp_path):
+    from ctl_support import ADMIN, LISTENING, wait_for_lines
+    from test_config import CONTRACT_TOML
+
+    if not fixed_ports_free(8080, 9901):
+        pytest.skip("127.0.0.1:8080 or :9901 is in use by another process")
+    p = tmp_path / "lbproxy.toml"
+    p.write_text(CONTRACT_TOML)
+    proc = await spawn("run", "-c", str(p), dataplane=None)
+    try:
+        found, seen = await wait_for_lines(proc, LISTENING, 1)
+        assert found and found[0].group(1, 2) == (b"127.0.0.1", b"8080"), seen
+        admin, _ = await wait_for_lines(proc, ADMIN, 1)
+        assert admin and admin[0].group(2) == b"9901"
+        import aiohttp
+
+        async with aiohttp.ClientSession() as s:
+            async with s.get("http://127.0.0.1:9901/clusters") as r:
+                doc = await r.json()
+            async with s.get("http://127.0.0.1:8080/upload/x") as r:
+                # No backend listens on 9101/9102: the proxy answers 502 itself.
+                assert r.status == 502 and "X-Lbproxy-Error" in r.headers
+        ups = doc["clusters"]["uploads"]["backends"]
+        assert [(b["address"], b["weight"]) for b in ups] == [("127.0.0.1:9101", 2),
+                                                              ("127.0.0.1:9102", 1)]
+    finally:
+        proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err

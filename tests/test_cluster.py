@@ -182,9 +182,9 @@ def test_maglev_sends_every_segment_of_a_video_to_one_backend():
         assert len(seen) == 1
 
 
-class _ShedEverything:
-    def admit(self, cluster, now_ns):
-        return Refusal("shed", 2)
+class _RefuseRetries:
+    def admit(self, cluster, now_ns, attempt):
+        return Refusal("retry_budget", 2) if attempt else None
 
 
 class _Recorder:
@@ -204,9 +204,12 @@ def test_admission_policies_and_outcome_observers_plug_into_the_gate():
     assert isinstance(lease, Lease)
     lease.end(Outcome.TIMEOUT, 5)
     assert rec.seen == [("127.0.0.1:1", Outcome.TIMEOUT, 0)]
-    states["c"].admission = (_ShedEverything(),)
-    assert snap.clusters["c"].begin(b"", 0) == Refusal("shed", 2)
-    assert states["c"].inflight("127.0.0.1:1") == 0
+    states["c"].admission = (_RefuseRetries(),)
+    assert snap.clusters["c"].begin(b"", 0, attempt=1) == Refusal("retry_budget", 2)
+    assert states["c"].inflight("127.0.0.1:1") == 0  # a refusal leases nothing
+    first = snap.clusters["c"].begin(b"", 0)
+    assert isinstance(first, Lease)
+    first.end(Outcome.OK, 1)
 
 
 def test_backend_info_is_immutable():
@@ -268,3 +271,14 @@ def test_slots_and_inflight_stay_consistent_across_pool_changes(first, ops):
     for lease in open_leases:
         lease.end(Outcome.RESET, 20)
     assert all(state.load.inflight(s) == 0 for s in range(len(state.addresses)))
+
+
+def test_a_removed_backend_forgets_its_drain_mark():
+    states: dict[str, ClusterState] = {}
+    build_snapshot(_cfg({"c": {"backends": THREE}}), states, 1)
+    states["c"].set_drain("127.0.0.1:9002", True)
+    build_snapshot(_cfg({"c": {"backends": ["127.0.0.1:9001"]}}), states, 2)
+    snap = build_snapshot(_cfg({"c": {"backends": THREE}}), states, 3)
+    assert states["c"].state_of("127.0.0.1:9002") == "active"
+    slot = snap.clusters["c"].backend("127.0.0.1:9002").slot
+    assert states["c"].load.accepts(slot)

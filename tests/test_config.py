@@ -57,6 +57,7 @@ def test_contract_minimal_file_loads(tmp_path):
         ({"routes": [{"cluster": "a", "hash_on": "path_regex:^/v/"}]}, "routes[0].hash_on"),
         ({"listener": {"bind": "127.0.0.1:99999"}}, "listener.bind"),
         ({"listener": {"bindx": "127.0.0.1:1"}}, "listener"),
+        ({"listener": {"bind": "127.0.0.1:5"}, "admin": {"bind": "127.0.0.1:5"}}, "admin.bind"),
     ],
 )
 def test_invalid_config_names_field_path(patch, path):
@@ -124,3 +125,31 @@ def test_unreadable_and_unparsable_files(tmp_path):
     bad.write_text("[clusters\n")
     with pytest.raises(config.ConfigError, match="not valid toml"):
         config.load(bad)
+
+
+@pytest.mark.parametrize(
+    ("route", "path"),
+    [
+        ({"cluster": "a", "hash_on": "header:X User"}, "routes[0].hash_on"),
+        ({"cluster": "a", "hash_on": "cookie:a=b"}, "routes[0].hash_on"),
+        ({"cluster": "a", "hash_on": "query:"}, "routes[0].hash_on"),
+        ({"cluster": "a", "hash_on": "host"}, "routes[0].hash_on"),
+        ({"cluster": "a", "headers": {"X Tier": "gold"}}, 'routes[0].headers["X Tier"]'),
+        ({"cluster": "a", "host": " "}, "routes[0].host"),
+        ({"cluster": "a", "methods": ["get"]}, "routes[0].methods[0]"),
+        ({"cluster": "a", "path_prefix": "v/"}, "routes[0].path_prefix"),
+    ],
+)
+def test_route_errors_name_their_field(route, path):
+    data = {"clusters": {"a": {"backends": ["127.0.0.1:1"]}}, "routes": [route]}
+    with pytest.raises(config.ConfigError) as exc:
+        config.from_dict(data)
+    assert path in [p for p, _ in exc.value.errors], exc.value.errors
+
+
+@pytest.mark.parametrize("hash_on", ["path", "header:X-User", "query:sid", "cookie:sid",
+                                     "path_regex:^/v/([^/]+)/"])
+def test_valid_hash_on(hash_on):
+    data = {"clusters": {"a": {"backends": ["127.0.0.1:1"]}},
+            "routes": [{"cluster": "a", "hash_on": hash_on, "headers": {"X-Tier": "gold"}}]}
+    assert config.from_dict(data).routes[0].hash_on == hash_on

@@ -5,12 +5,11 @@ import hashlib
 import io
 import json
 import re
-import socket
 import subprocess
 
 import aiohttp
 import pytest
-from ctl_support import spawn, stop, wait_for_lines
+from ctl_support import fixed_ports_free, spawn, stop, wait_for_lines
 
 from lbproxy import demo
 
@@ -107,17 +106,8 @@ async def test_sink_hashes_content_length_chunked_and_expect_continue(sink):
             assert {k: (await r.json())[k] for k in want} == want
 
 
-def _port_free(port):
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 async def test_lbproxy_demo_answers_its_printed_curl_examples():
-    if not (_port_free(8080) and _port_free(9901)):
+    if not fixed_ports_free(8080, 9901):
         pytest.skip("127.0.0.1:8080 or :9901 is in use by another process")
     proc = await spawn("demo", dataplane=None)
     try:

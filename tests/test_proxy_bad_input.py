@@ -9,6 +9,8 @@ from __future__ import annotations
 import pytest
 from proxy_harness import Backend, exchange, header_of, on_uvloop, running, status_of
 
+from lbproxy.proxy import errors
+
 H = b"Host: a\r\n"
 CASES: list[tuple[str, bytes, int, bytes]] = [
     # RFC 9112 §6.3: Content-Length with Transfer-Encoding
@@ -76,7 +78,7 @@ CASES: list[tuple[str, bytes, int, bytes]] = [
     ("space_in_target", b"GET /a b HTTP/1.1\r\n" + H + b"\r\n", 400, b"bad_request"),
     ("unknown_method", b"FROB / HTTP/1.1\r\n" + H + b"\r\n", 400, b"bad_request"),
     ("lowercase_method", b"get / HTTP/1.1\r\n" + H + b"\r\n", 400, b"bad_request"),
-    # CONNECT asks for a tunnel: not supported (501, documented in docs/DATAPLANE.md)
+    # CONNECT asks for a tunnel: not supported (501, documented in docs/dataplane.md)
     ("connect", b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n", 501,
      b"unsupported_method"),
     # Versions: only HTTP/1.0 and 1.1; a well-formed other version is 505, garbage is 400
@@ -180,3 +182,16 @@ async def test_pipelined_bad_request_answered_after_the_good_one() -> None:
     first, _, rest = out.partition(b"ok")
     assert status_of(first) == 200 and status_of(rest) == 400
     assert [r.target for r in backend.requests] == [b"/good"]
+
+
+@pytest.mark.parametrize("err", [*errors.TABLE, errors.refusal("no_healthy_backend", 1),
+                                 errors.NO_ROUTE_CLOSE], ids=lambda e: f"{e.status}-{e.code}")
+def test_every_error_response_is_well_formed(err: errors.ProxyError) -> None:
+    body = err.wire.partition(b"\r\n\r\n")[2]
+    assert status_of(err.wire) == err.status
+    assert header_of(err.wire, b"x-lbproxy-error") == err.code.encode()
+    assert header_of(err.wire, b"content-length") == b"%d" % len(body)
+    assert body == err.reason.encode() + b"\n"
+    assert (header_of(err.wire, b"connection") == b"close") == err.close
+    if err.status == 503:
+        assert header_of(err.wire, b"retry-after") == b"1"

@@ -339,3 +339,131 @@ async def test_options_asterisk_is_valid_but_matches_no_prefix_route() -> None:
         c.close()
     # not 400: asterisk-form is valid for OPTIONS; "*" has no "/" prefix, so no route
     assert resp.status == 404
+
+
+@on_uvloop
+async def test_chunk_extensions_and_trailers_are_dropped_both_ways() -> None:
+    async def handler(b: Backend, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        data = b""
+        while not data.endswith(b"0\r\n\r\n"):
+            data += await b.read(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"
+                     b"3;note=1\r\nabc\r\n0\r\nX-Sum: 42\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    backend = Backend(handler=handler)
+    async with running(backend) as proxy:
+        c = await Client.connect(proxy.port)
+        await c.send(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+                     b"Trailer: X-Check\r\n\r\n4;ext=\"v\"\r\nwxyz\r\n0\r\nX-Check: 1\r\n\r\n")
+        resp = await c.response()
+        raw_after = await c.closed(0.2)
+        c.close()
+    sent = bytes(backend.raw)
+    assert sent.endswith(b"\r\n\r\n4\r\nwxyz\r\n0\r\n\r\n")  # re-chunked, no ext, no trailer
+    assert b"x-check" not in sent.lower() and b"trailer" not in sent.lower()
+    assert resp.status == 200 and resp.body == b"abc" and resp.complete
+    assert resp.header(b"trailer") is None
+    assert not raw_after
+
+    async with running(Backend(handler=handler)) as proxy:
+        raw = await exchange(proxy.port, b"POST / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert raw.endswith(b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n")  # the client sees no trailer
+
+
+@on_uvloop
+async def test_http10_keep_alive_on_request() -> None:
+    backend = Backend()
+    async with running(backend) as proxy:
+        c = await Client.connect(proxy.port)
+        for _ in range(3):
+            await c.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            resp = await c.response()
+            assert resp.status == 200 and resp.body == b"ok"
+            assert resp.header(b"connection") == b"keep-alive"
+        await c.send(b"GET / HTTP/1.0\r\n\r\n")  # without keep-alive: close after it
+        assert (await c.response()).header(b"connection") == b"close"
+        assert await c.closed(2)
+        c.close()
+
+
+@on_uvloop
+async def test_pipelining_reads_ahead_only_a_bounded_amount() -> None:
+    from lbproxy.proxy.client import PIPELINE_LIMIT, PIPELINE_SLICE
+
+    release = asyncio.Event()
+
+    async def handler(b: Backend, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        while True:
+            data = await b.read(reader)
+            if not data:
+                return
+            await release.wait()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    backend = Backend(handler=handler)
+    request = b"GET /p HTTP/1.1\r\nHost: a\r\n\r\n"
+    async with running(backend) as proxy:
+        c = await Client.connect(proxy.port)
+        c.writer.transport.set_write_buffer_limits(high=1 << 22)
+        c.writer.write(request * 3000)  # ~84 KiB of pipelined requests
+        await asyncio.sleep(0.3)
+        (conn,) = proxy.plane._connections
+        parsed_ahead = len(conn._queue)
+        assert parsed_ahead <= PIPELINE_LIMIT + PIPELINE_SLICE // len(request)
+        release.set()
+        for _ in range(3000):
+            assert (await c.response()).status == 200
+        c.close()
+    assert backend.connections == 1
+
+
+@on_uvloop
+async def test_tls_listener_sets_x_forwarded_proto_https() -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    backend = await Backend().start()
+    from proxy_harness import Proxy, make_config
+
+    proxy = Proxy(make_config([backend]))
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(proxy.plane.protocol_factory, "127.0.0.1", 0,
+                                      ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx)
+        writer.write(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        raw = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    finally:
+        server.close()
+        await proxy.plane.drain(0.5)
+        await backend.stop()
+    assert status_of(raw) == 200
+    assert backend.requests[0].header(b"x-forwarded-proto") == b"https"
+
+
+@on_uvloop
+async def test_request_after_a_length_body_in_the_same_read_is_parsed() -> None:
+    backend = Backend(lambda req: Reply(body=req.target + b"|%d" % req.body_len))
+    async with running(backend) as proxy:
+        c = await Client.connect(proxy.port)
+        await c.send(b"PUT /a HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n" + b"x" * 10)
+        await asyncio.sleep(0.05)  # the rest of the body arrives in a later read
+        await c.send(b"y" * 99_990 + b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+        first, second = await c.response(), await c.response()
+        c.close()
+    assert (first.body, second.body) == (b"/a|100000", b"/b|0")
+    assert backend.requests[0].body == b"x" * 10 + b"y" * 99_990

@@ -15,6 +15,7 @@ from proxy_harness import (
     Backend,
     Client,
     Proxy,
+    Reply,
     exchange,
     header_of,
     make_config,
@@ -40,6 +41,14 @@ def outcomes(proxy: Proxy) -> dict[Outcome, int]:
         for o in Outcome:
             total[o] += state.counters[slot].by_outcome[o]
     return {o: n for o, n in total.items() if n}
+
+
+def settled(proxy: Proxy) -> dict[Outcome, int]:
+    """`outcomes(proxy)` once nothing is in flight; {} before that."""
+    state = proxy.snapshot.clusters["c"].state
+    if any(state.inflight(address) for address in state.slots):
+        return {}
+    return outcomes(proxy)
 
 
 async def wait_for(cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
@@ -124,7 +133,7 @@ async def test_client_abort_mid_upload_aborts_the_upstream_exchange() -> None:
         # the upstream connection is closed by the proxy: the backend sees EOF mid-body
         await wait_for(lambda: backend.writers and backend.writers[0].is_closing())
         assert not backend.requests
-        await wait_for(lambda: outcomes(proxy) == {Outcome.CLIENT_ABORT: 1})
+        await wait_for(lambda: settled(proxy) == {Outcome.CLIENT_ABORT: 1})
         # and it is not reused: the next request opens a new upstream connection
         out = await exchange(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
         assert status_of(out) == 200
@@ -152,7 +161,7 @@ async def test_client_body_idle_is_408_and_upstream_aborted() -> None:
         out = await c.read_all(3)
         c.close()
         assert status_of(out) == 408
-        await wait_for(lambda: outcomes(proxy) == {Outcome.CLIENT_ABORT: 1})
+        await wait_for(lambda: settled(proxy) == {Outcome.CLIENT_ABORT: 1})
     assert not backend.requests  # the backend never saw a complete request
 
 
@@ -344,4 +353,114 @@ async def test_stale_pooled_connection_is_retried_for_idempotent_requests() -> N
             assert (await c.response()).status == 200
         c.close()
         assert outcomes(proxy) == {Outcome.OK: 2}
+    assert backend.connections == 2
+
+
+@on_uvloop
+async def test_slow_backend_is_not_a_slow_client() -> None:
+    async def handler(b: Backend, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        await b.read(reader)
+        await asyncio.sleep(0.8)  # longer than every client-side timeout below
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.read()
+
+    client_side = {"request_headers": 0.2, "client_body_idle": 0.2, "client_idle": 0.2}
+    backend = Backend(handler=handler)
+    async with running(backend, timeouts=client_side) as proxy:
+        c = await Client.connect(proxy.port)
+        await c.send(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+        resp = await c.response()
+        assert resp.status == 200 and resp.body == b"ok"
+        assert await c.closed(2) and c.buffer == b""  # then idle-closed, no 408 after it
+        c.close()
+        assert outcomes(proxy) == {Outcome.OK: 1}
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["same_read", "later_read"])
+@on_uvloop
+async def test_bytes_after_a_length_framed_body_drop_the_connection(split: bool) -> None:
+    async def handler(b: Backend, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        await b.read(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
+        await writer.drain()
+        if split:
+            await asyncio.sleep(0.05)  # the rest arrives in a later read (raw relay path)
+        writer.write(b"56789EXTRA")
+        await writer.drain()
+        await reader.read()
+
+    backend = Backend(handler=handler)
+    async with running(backend) as proxy:
+        c = await Client.connect(proxy.port)
+        await c.send(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+        resp = await c.response()
+        assert resp.status == 200 and resp.body == b"0123456789" and resp.complete
+        await c.send(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+        assert (await c.response()).body == b"0123456789"
+        c.close()
+    assert backend.connections == 2  # the out-of-step connection was not reused
+
+
+@on_uvloop
+async def test_client_abort_mid_download_drops_the_upstream_connection() -> None:
+    backend = Backend(lambda req: Reply(size=64 * 1024 * 1024), record_raw=False)
+    async with running(backend) as proxy:
+        c = await Client.connect(proxy.port)
+        await c.send(b"GET /big HTTP/1.1\r\n" + H + b"\r\n")
+        await c.reader.readexactly(1 << 20)  # some of the body arrived ...
+        c.writer.transport.abort()  # ... and the client is gone
+        await wait_for(lambda: settled(proxy) == {Outcome.CLIENT_ABORT: 1})
+        await wait_for(lambda: backend.writers[0].is_closing())
+        out = await exchange(proxy.port, b"HEAD / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+        assert status_of(out) == 200
+    assert backend.connections == 2  # never reused mid-response
+
+
+@on_uvloop
+async def test_backend_dying_mid_upload_is_502() -> None:
+    async def handler(b: Backend, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        while len(b.raw) < 200_000:
+            if not await b.read(reader):
+                return
+        writer.transport.abort()
+
+    backend = Backend(handler=handler)
+    async with running(backend) as proxy:
+        c = await Client.connect(proxy.port)
+        await c.send(b"PUT /up HTTP/1.1\r\n" + H + b"Content-Length: 10000000\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            await c.send_stream(pattern(1_000_000))
+        out = await c.read_all(5)
+        c.close()
+        assert status_of(out) == 502 and header_of(out, b"x-lbproxy-error") == b"backend_failed"
+        assert outcomes(proxy) == {Outcome.RESET: 1}
+
+
+@on_uvloop
+async def test_early_response_before_the_body_is_sent_is_not_reused() -> None:
+    async def handler(b: Backend, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        await b.read(reader)
+        if b.connections == 1:  # answer before the request body is through, like a 413
+            writer.write(b"HTTP/1.1 413 Too Big\r\nContent-Length: 3\r\n\r\nbig")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        with contextlib.suppress(ConnectionError):
+            await reader.read()
+
+    backend = Backend(handler=handler)
+    async with running(backend) as proxy:
+        c = await Client.connect(proxy.port)
+        await c.send(b"PUT /u HTTP/1.1\r\n" + H + b"Content-Length: 1000000\r\n\r\n" + b"x" * 1000)
+        resp = await c.response()
+        assert resp.status == 413 and resp.body == b"big"
+        assert resp.header(b"connection") == b"close"  # the rest of the body is never read
+        c.close()
+        out = await exchange(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+        assert status_of(out) == 200
     assert backend.connections == 2

@@ -1,6 +1,10 @@
 """Routing: first match wins over prefix, methods, host and headers; hash keys per kind."""
 
+import string
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lbproxy.routing import Route, Router, cookie_value, normalise_host
 
@@ -114,3 +118,41 @@ def test_max_body_bytes_route_override_else_default():
     assert Route.from_config(RouteConfig(cluster="a"), A, 100).max_body_bytes == 100
     rc = RouteConfig(cluster="a", max_body_bytes=5)
     assert Route.from_config(rc, A, 100).max_body_bytes == 5
+
+
+_token = st.text(alphabet=string.ascii_letters + string.digits + "_-", min_size=1, max_size=8)
+_value = st.text(alphabet=string.ascii_letters + string.digits + "%-._~=", max_size=12)
+
+
+@settings(max_examples=300)
+@given(jar=st.lists(st.tuples(_token, _value), max_size=6), name=_token,
+       split=st.integers(0, 6), spaces=st.booleans())
+def test_cookie_value_is_the_first_pair_with_that_name(jar, name, split, spaces):
+    sep = "; " if spaces else ";"
+    fields = [sep.join(f"{n}={v}" for n, v in jar[:split]),
+              sep.join(f"{n}={v}" for n, v in jar[split:])]
+    headers = [(b"cookie", f.encode()) for f in fields if f]
+    want = next((v.encode() for n, v in jar if n == name), None)
+    assert cookie_value(headers, name.encode()) == want
+
+
+@settings(max_examples=300)
+@given(pairs=st.lists(st.tuples(_token, _value), max_size=6), name=_token)
+def test_query_key_is_the_first_value_with_that_name(pairs, name):
+    query = "&".join(f"{n}={v}" for n, v in pairs).encode()
+    want = next((v.encode() for n, v in pairs if n == name), b"")
+    assert Route(A, hash_on=f"query:{name}").hash_key(b"/", query, []) == want
+
+
+@settings(max_examples=300)
+@given(routes=st.lists(st.tuples(st.sampled_from(["/", "/a", "/a/b", "/b"]),
+                                 st.sampled_from([None, ("GET",), ("POST", "PUT")])),
+                       min_size=1, max_size=5),
+       path=st.sampled_from([b"/", b"/a", b"/a/b/c", b"/b/1", b"/c"]),
+       method=st.sampled_from([b"GET", b"POST", b"DELETE"]))
+def test_router_agrees_with_a_linear_reference(routes, path, method):
+    compiled = Router([Route(i, path_prefix=p, methods=m) for i, (p, m) in enumerate(routes)])
+    want = next((i for i, (p, m) in enumerate(routes)
+                 if path.startswith(p.encode()) and (m is None or method.decode() in m)), None)
+    got = compiled.match(method, path, b"", [])
+    assert (None if got is None else got.cluster) == want

@@ -8,6 +8,7 @@ because it must see which worker process answered.
 import asyncio
 import json
 import os
+import re
 import signal
 import ssl
 
@@ -42,19 +43,6 @@ def _write(tmp_path, text, name="c.toml"):
     p = tmp_path / name
     p.write_text(text)
     return str(p)
-
-
-@pytest.fixture
-async def origins():
-    """Three demo segment origins; yields their addresses."""
-    runners, addresses = [], []
-    for i in range(3):
-        runner, port = await demo.start_segment_origin("127.0.0.1", 0, f"origin-{i + 1}")
-        runners.append(runner)
-        addresses.append(f"127.0.0.1:{port}")
-    yield addresses
-    for runner in runners:
-        await runner.cleanup()
 
 
 @pytest.fixture
@@ -109,19 +97,21 @@ async def test_run_proxies_then_exits_0_on_signal(tmp_path, origins, sig):
 async def standin_workers(tmp_path):
     """`lbproxy run --workers 2` with the stand-in; yields (proc, listening matches, admin port).
 
-    The fixture stops the process and asserts it exited 0.
+    The fixture stops the process and asserts it exited 0, unless the test ended it.
     """
     cfg = _write(tmp_path, toml_config("127.0.0.1:0", "127.0.0.1:0"))
     proc = await spawn("run", "-c", cfg, "--workers", "2", dataplane=STANDIN)
+    ended_by_test = False
     try:
         found, seen = await wait_for_lines(proc, LISTENING, 2)
         assert len(found) == 2, seen
         admin, seen2 = await wait_for_lines(proc, ADMIN, 1)
         assert admin, seen + seen2
         yield proc, found, int(admin[0].group(2))
+        ended_by_test = proc.returncode is not None
     finally:
         rc, err = await stop(proc)
-    assert rc == 0, err
+    assert ended_by_test or rc == 0, err
 
 
 async def _answering_pids(port, want=2):
@@ -241,14 +231,21 @@ async def test_drain_finishes_in_flight_requests_and_ready_goes_503(in_process, 
     await asyncio.wait_for(task, 20)
 
 
-def test_ready_is_503_while_starting():
+async def test_ready_is_503_while_starting():
     from lbproxy.admin import AdminAPI
     from lbproxy.snapshot import build_snapshot
 
     cfg = config.from_dict({"clusters": {"a": {"backends": ["127.0.0.1:1"]}},
                             "routes": [{"cluster": "a"}]})
     api = AdminAPI(build_snapshot(cfg))
-    assert not api.accepting and not api.draining
+    port = await api.start("127.0.0.1", 0)
+    try:
+        assert await _admin_json(port, "/ready") == (503, {"ready": False,
+                                                          "reason": "starting"})
+        api.accepting = True
+        assert await _admin_json(port, "/ready") == (200, {"ready": True})
+    finally:
+        await api.stop()
 
 
 @pytest.fixture(scope="module")
@@ -393,3 +390,37 @@ async def test_ipv6_loopback_listener(tmp_path):
     finally:
         rc, err = await stop(proc)
     assert rc == 0, err
+
+
+async def test_workers_exit_when_the_supervisor_is_killed(standin_workers):
+    proc, found, _ = standin_workers
+    pids = await _answering_pids(int(found[0].group(2)))
+    assert len(pids) == 2
+    proc.kill()  # SIGKILL: no drain, no chance to signal the workers
+    await proc.wait()
+    assert proc.stderr is not None
+    lines, seen = await wait_for_lines(proc, re.compile(rb"supervisor went away"), 2)
+    assert len(lines) == 2, seen
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 15
+    alive = set(pids)
+    while alive and loop.time() < end:
+        for pid in list(alive):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                alive.discard(pid)
+        await asyncio.sleep(0.05)
+    assert not alive, f"orphaned workers still running: {alive}"
+
+
+def test_a_bad_certificate_is_a_startup_error(tmp_path):
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate")
+    cfg = config.from_dict({"listener": {"tls": {"cert": str(bad), "key": str(bad)}},
+                            "clusters": {"a": {"backends": ["127.0.0.1:1"]}},
+                            "routes": [{"cluster": "a"}]})
+    from lbproxy.snapshot import build_snapshot
+
+    with pytest.raises(server.StartupError, match=r"cannot load listener\.tls"):
+        server.Listener(cfg, build_snapshot(cfg), DataPlane, 0)

@@ -94,6 +94,12 @@ def wrk(path: str, duration: int, connections: int) -> float:
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` so far (/proc/PID/stat fields 14, 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     """Terminate and reap."""
     proc.send_signal(signal.SIGTERM)
@@ -125,6 +131,7 @@ def main() -> int:
                                                                 p1=NGINX_PORTS[1]))
         nginx = start(["/usr/sbin/nginx", "-c", f"{tmp}/nginx.conf"], 1)
         results: dict[tuple[str, int], list[float]] = {}
+        per_cpu: dict[tuple[str, int], list[float]] = {}
         try:
             wait_port(NGINX_PORTS[0])
             backends = ",".join(f"127.0.0.1:{p}" for p in NGINX_PORTS)
@@ -140,18 +147,27 @@ def main() -> int:
                         wait_port(PROXY_PORT)
                         wrk(f"/b{sizes[0]}", 1, args.connections)  # warm-up
                         for size in sizes:
+                            cpu0 = cpu_seconds(proc.pid)
                             rps = wrk(f"/b{size}", args.duration, args.connections)
+                            cpu = (cpu_seconds(proc.pid) - cpu0) / args.duration
                             results.setdefault((name, size), []).append(rps)
-                            print(f"{name:8} {size:>6} B  {rps:>10.0f} req/s", flush=True)
+                            # requests per CPU-second: capacity of one core, robust to a
+                            # load generator that saturates first (HAProxy rarely uses
+                            # its whole core here) and to noisy neighbours
+                            per_cpu.setdefault((name, size), []).append(rps / max(cpu, 1e-3))
+                            print(f"{name:8} {size:>6} B  {rps:>10.0f} req/s  "
+                                  f"cpu {cpu:4.0%}  {rps / max(cpu, 1e-3):>10.0f} req/cpu-s",
+                                  flush=True)
                     finally:
                         stop(proc)
         finally:
             stop(nginx)
-    print("\nmedians (req/s) and lbproxy/haproxy ratio:")
-    for size in sizes:
-        h = statistics.median(results[("haproxy", size)])
-        lb = statistics.median(results[("lbproxy", size)])
-        print(f"{size:>6} B  haproxy {h:>9.0f}  lbproxy {lb:>9.0f}  ratio {lb / h:.2f}")
+    for title, table in (("req/s", results), ("req/cpu-s", per_cpu)):
+        print(f"\nmedians ({title}) and lbproxy/haproxy ratio:")
+        for size in sizes:
+            h = statistics.median(table[("haproxy", size)])
+            lb = statistics.median(table[("lbproxy", size)])
+            print(f"{size:>6} B  haproxy {h:>9.0f}  lbproxy {lb:>9.0f}  ratio {lb / h:.2f}")
     return 0
 
 

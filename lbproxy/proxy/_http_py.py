@@ -30,39 +30,15 @@ F_CLOSE = 1  # client asked to close (or HTTP/1.0 without keep-alive)
 F_EXPECT_CONTINUE = 2  # "Expect: 100-continue" from an HTTP/1.1 client
 F_UPGRADE = 4  # Connection: upgrade + Upgrade (not supported: forwarded as plain request)
 
-# Hop-by-hop names (RFC 9110 §7.6.1) plus the framing headers this proxy re-frames itself
-# (RFC 9112 §6.1, §6.2) and the ones it rewrites (Via, X-Forwarded-*, X-Request-Id).
-_DROP_REQUEST = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"te",
-        b"trailer",
-        b"upgrade",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"content-length",
-        b"expect",
-        b"host",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"via",
-        b"x-request-id",
-    }
+# Hop-by-hop names (RFC 9110 §7.6.1), plus the framing headers this proxy re-frames itself
+# (RFC 9112 §6.1, §6.2); requests also lose the headers the proxy rewrites.
+HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"te", b"trailer", b"upgrade", b"proxy-connection"}
 )
-_DROP_RESPONSE = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"te",
-        b"trailer",
-        b"upgrade",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"content-length",
-        b"via",
-    }
-)
+DROP_RESPONSE = HOP_BY_HOP | {b"transfer-encoding", b"content-length", b"via"}
+DROP_REQUEST = DROP_RESPONSE | {
+    b"expect", b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id"
+}
 
 # X-Request-Id kept from the client only when it is 1-128 of [A-Za-z0-9._:-]: safe to log
 # and to echo without quoting.
@@ -98,6 +74,33 @@ for _code in range(100, 600):
     STATUS_LINES[_code] = f"HTTP/1.1 {_code} {_PHRASES.get(_code, '')}\r\n".encode("ascii")
 
 
+class HeadCollector:
+    """Parser-callback base: collects header fields, lowercased, within the head limits."""
+
+    __slots__ = ("header_bytes", "headers", "in_head", "max_header_bytes", "max_headers")
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.header_bytes = 0
+        self.max_header_bytes = 65536
+        self.max_headers = 100
+        self.in_head = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """httptools callback: one field; ignored outside the head (trailers are dropped)."""
+        if not self.in_head:
+            return  # RFC 9112 §7.1.2: trailer fields are not forwarded
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > self.max_header_bytes or len(self.headers) >= self.max_headers:
+            self.head_too_large()
+            return
+        self.headers.append((name.lower(), value))
+
+    def head_too_large(self) -> None:
+        """Called when a limit is passed; subclasses raise their own error."""
+        raise ValueError("header limits exceeded")
+
+
 def new_request_id() -> bytes:
     """A fresh random request id: 24 lowercase hex digits (96 bits)."""
     return b"%024x" % _rng.getrandbits(96)
@@ -108,9 +111,28 @@ def valid_request_id(value: bytes) -> bool:
     return 0 < len(value) <= 128 and _REQUEST_ID_CHARS.issuperset(value)
 
 
+def _valid_length(value: bytes) -> bool:
+    """Content-Length is 1*DIGIT (RFC 9110 §8.6); over 18 digits is no real body."""
+    return 0 < len(value) <= 18 and _DIGITS.issuperset(value)
+
+
 def _tokens(value: bytes) -> list[bytes]:
     """The lowercased comma-separated tokens of a list header (RFC 9110 §5.6.1)."""
     return [t.strip(b" \t").lower() for t in value.split(b",") if t.strip(b" \t")]
+
+
+def _append_fields(
+    out: bytearray, headers: list[tuple[bytes, bytes]], drop: frozenset[bytes],
+    conn_names: list[bytes],
+) -> None:
+    """Serialise every field not in `drop` nor named by Connection (RFC 9110 §7.6.1)."""
+    for name, value in headers:
+        if name in drop or (conn_names and name in conn_names):
+            continue
+        out += name
+        out += b": "
+        out += value
+        out += b"\r\n"
 
 
 def split_target(target: bytes) -> tuple[bytes, bytes, bytes] | None:
@@ -191,7 +213,7 @@ def analyse_request(
         elif name == b"content-length":
             # llhttp already rejects lists, signs and duplicates; keep the check local anyway
             # (RFC 9112 §6.3 item 5: differing or invalid values are unrecoverable).
-            if not value or not _DIGITS.issuperset(value) or content_length >= 0:
+            if not _valid_length(value) or content_length >= 0:
                 return E_BAD_REQUEST, b"", b"", b"", 0, 0, 0, b""
             content_length = int(value)
         elif name == b"transfer-encoding":
@@ -259,13 +281,7 @@ def analyse_request(
     out += b" HTTP/1.1\r\nhost: "
     out += host
     out += b"\r\n"
-    for name, value in headers:
-        if name in _DROP_REQUEST or (conn_names and name in conn_names):
-            continue
-        out += name
-        out += b": "
-        out += value
-        out += b"\r\n"
+    _append_fields(out, headers, DROP_REQUEST, conn_names)
     if framing == FRAME_CHUNKED:
         out += b"transfer-encoding: chunked\r\n"
     elif framing == FRAME_LENGTH:
@@ -310,7 +326,7 @@ def analyse_response(
     via = b""
     for name, value in headers:
         if name == b"content-length":
-            if not value or not _DIGITS.issuperset(value) or content_length >= 0:
+            if not _valid_length(value) or content_length >= 0:
                 return E_BAD_REQUEST, 0, 0, 0, False, False, b""
             content_length = int(value)
         elif name == b"transfer-encoding":
@@ -346,13 +362,7 @@ def analyse_response(
 
     framing_out = framing
     out = bytearray(STATUS_LINES[status] if 100 <= status < 600 else b"HTTP/1.1 %d \r\n" % status)
-    for name, value in headers:
-        if name in _DROP_RESPONSE or (conn_names and name in conn_names):
-            continue
-        out += name
-        out += b": "
-        out += value
-        out += b"\r\n"
+    _append_fields(out, headers, DROP_RESPONSE, conn_names)
     if content_length >= 0 and status != 204 and (framing == FRAME_LENGTH or no_body):
         # HEAD and 304 keep the backend's Content-Length: it describes the selected
         # representation (RFC 9110 §8.6); 204 must not have one.

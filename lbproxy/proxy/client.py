@@ -32,6 +32,7 @@ from lbproxy.proxy.http import (
     FRAME_LENGTH,
     FRAME_NONE,
     OK,
+    HeadCollector,
     analyse_request,
 )
 
@@ -49,8 +50,11 @@ CRLF = b"\r\n"
 # Body bytes held for an exchange that has no upstream connection yet (connecting, or a
 # pipelined request waiting its turn) before the client is paused.
 BUFFER_LIMIT = 256 * 1024
-# Pipelined requests parsed ahead of the one being answered before reading pauses.
+# Pipelined requests parsed ahead of the one being answered before reading pauses, and
+# the slice in which bytes arriving behind an active request are parsed, so a read full of
+# tiny pipelined requests is not parsed (and queued) all at once.
 PIPELINE_LIMIT = 16
+PIPELINE_SLICE = 4096
 # RFC 9110 §9.2.2: only idempotent requests may be retried after a connection failure.
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
@@ -148,10 +152,42 @@ class Exchange:
         self.status = 0
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(HeadCollector, asyncio.Protocol):
     """One client connection: parse, validate, route, relay; keep-alive and pipelining."""
 
+    __slots__ = (
+        "_active",
+        "_client_ip",
+        "_closing",
+        "_head_limit",
+        "_head_raw",
+        "_held",
+        "_loop",
+        "_no_more",
+        "_parser",
+        "_parsing",
+        "_pause_bits",
+        "_pending_error",
+        "_plane",
+        "_proto",
+        "_queue",
+        "_raw_left",
+        "_reject",
+        "_saved_deadline",
+        "_saved_kind",
+        "_snap",
+        "_url",
+        "deadline",
+        "deadline_kind",
+        "transport",
+        "up_deadline",
+        "up_kind",
+        "up_last",
+        "writing_paused",
+    )
+
     def __init__(self, plane: DataPlane) -> None:
+        super().__init__()
         self._plane = plane
         self._loop = plane.loop
         self._parser = httptools.HttpRequestParser(self)
@@ -160,14 +196,13 @@ class ClientConnection(asyncio.Protocol):
         self._proto = b"http"
         self._snap: Snapshot = plane.snapshot
         self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._header_bytes = 0
-        self._in_head = False
         self._head_raw = 0
         self._head_limit = 0
         self._parsing: Exchange | None = None  # the request whose body is being parsed
         self._active: Exchange | None = None  # the request being answered
         self._queue: deque[Exchange] = deque()  # pipelined requests waiting their turn
+        self._held = b""  # unparsed pipelined bytes, once the queue is full
+        self._raw_left = 0  # > 0: Content-Length body bytes relayed without the parser
         self._reject: ProxyError | None = None
         self._pending_error: ProxyError | None = None  # answer after the active exchange
         self._no_more = False  # nothing after the active exchange (upgrade, parse error)
@@ -180,6 +215,9 @@ class ClientConnection(asyncio.Protocol):
         self._saved_kind = K_NONE
         self.up_deadline = _INF
         self.up_kind = U_NONE
+        # loop time of the last byte from the backend; the ticker turns it into the idle
+        # deadline, so a body chunk costs one clock read and no deadline arithmetic
+        self.up_last = 0.0
 
     # -- asyncio.Protocol: client transport ------------------------------------------
 
@@ -201,8 +239,57 @@ class ClientConnection(asyncio.Protocol):
         """Feed the request parser (all the work happens in its callbacks)."""
         if self._closing:
             return
-        if self._in_head:
+        if self._raw_left:
+            data = self._relay_raw(data)
+            if not data:
+                return
+        if self.in_head:
             self._head_raw += len(data)
+        # the common case is one request per read: parsed in one go
+        ok = self._feed(data) if len(data) <= PIPELINE_SLICE else self._feed_sliced(data)
+        ex = self._parsing
+        if ok and ex is not None and ex.framing == FRAME_LENGTH and ex is self._active:
+            # The rest of this request is a Content-Length body (RFC 9112 §6.2): relay the
+            # next reads as they are, without the parser's copy and callbacks per read.
+            self._raw_left = ex.content_length - ex.body_received
+
+    def _relay_raw(self, data: bytes) -> bytes:
+        """Pass Content-Length body bytes on; returns what follows the body, if anything."""
+        left = self._raw_left
+        n = len(data)
+        try:
+            if n < left:
+                self._raw_left = left - n
+                self.on_body(data)
+                return b""
+            self._raw_left = 0
+            self.on_body(data[:left] if n > left else data)
+        except _Reject:
+            return b""  # over the route's limit: already answered and closing
+        # The parser still expects those bytes: a fresh one reads whatever comes next.
+        self._parser = httptools.HttpRequestParser(self)
+        self.on_message_complete()
+        return b"" if self._closing else data[left:]
+
+    def _feed_sliced(self, data: bytes) -> bool:
+        """Parse pipelined bytes a slice at a time, holding the rest once the queue is full."""
+        while data:
+            if len(self._queue) >= PIPELINE_LIMIT:
+                # Read-ahead stops here: what is left waits unparsed until the queue drains.
+                self._held = data
+                self._pause(P_PIPELINE)
+                return False
+            ex = self._parsing
+            if ex is not None and ex is self._active:
+                piece, data = data, b""  # the active request's own body streams whole
+            else:
+                piece, data = data[:PIPELINE_SLICE], data[PIPELINE_SLICE:]
+            if not self._feed(piece) or self._closing:
+                return False
+        return True
+
+    def _feed(self, data: bytes) -> bool:
+        """Parse `data`; False when parsing stopped for good on this connection."""
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -212,10 +299,10 @@ class ClientConnection(asyncio.Protocol):
             self._pause(P_STOP)
             if self._active is None:
                 self._close()
-            return
+            return False
         except httptools.HttpParserError as exc:
             if self._closing:
-                return
+                return False
             err = self._reject
             self._reject = None
             if err is None:
@@ -228,17 +315,19 @@ class ClientConnection(asyncio.Protocol):
                     else errors.BAD_REQUEST
                 )
             self._parse_failed(err)
-            return
-        if self._in_head and self._head_raw > self._head_limit:
+            return False
+        if self.in_head and self._head_raw > self._head_limit:
             # One header line (or the head) keeps growing past every limit: 431 without
             # waiting for its end (httptools buffers a field until it is complete).
             self._parse_failed(errors.HEADERS_TOO_LARGE)
+            return False
+        return True
 
     def eof_received(self) -> bool:
         """The client half-closed: answer a complete request, abandon an incomplete one."""
         self._no_more = True
         ex = self._active
-        if ex is not None and ex.body_done and self._parsing is None and not self._in_head:
+        if ex is not None and ex.body_done and self._parsing is None and not self.in_head:
             return True  # keep our side open to send the response (RFC 9112 §9.6)
         if ex is not None:
             # EOF mid-request: the upstream exchange must not look complete.
@@ -290,9 +379,11 @@ class ClientConnection(asyncio.Protocol):
         snap = self._snap = self._plane.snapshot
         lim = snap.limits
         self._url = b""
-        self._headers = []
-        self._header_bytes = 0
-        self._in_head = True
+        self.headers = []
+        self.header_bytes = 0
+        self.max_header_bytes = lim.max_header_bytes
+        self.max_headers = lim.max_headers
+        self.in_head = True
         self._head_raw = 0
         self._head_limit = lim.max_request_line + lim.max_header_bytes + 4 * lim.max_headers + 4
         if self._active is None or self._active.body_done:
@@ -306,20 +397,14 @@ class ClientConnection(asyncio.Protocol):
             self._reject = errors.URI_TOO_LONG
             raise _Reject("request line too long")
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        """Collect one header field; trailers after a chunked body are dropped."""
-        if not self._in_head:
-            return  # RFC 9112 §7.1.2: trailer fields are not forwarded
-        lim = self._snap.limits
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > lim.max_header_bytes or len(self._headers) >= lim.max_headers:
-            self._reject = errors.HEADERS_TOO_LARGE
-            raise _Reject("request headers too large")
-        self._headers.append((name.lower(), value))
+    def head_too_large(self) -> None:
+        """Header bytes or count passed the limits: 431."""
+        self._reject = errors.HEADERS_TOO_LARGE
+        raise _Reject("request headers too large")
 
     def on_headers_complete(self) -> None:
         """Validate the head (RFC 9112) and start, or queue, the exchange."""
-        self._in_head = False
+        self.in_head = False
         parser = self._parser
         version = parser.get_http_version()
         if version == "1.1":
@@ -337,7 +422,7 @@ class ClientConnection(asyncio.Protocol):
             self._reject = errors.URI_TOO_LONG
             raise _Reject("request line too long")
         analysed = analyse_request(
-            method, self._url, minor, self._headers, self._client_ip, self._proto
+            method, self._url, minor, self.headers, self._client_ip, self._proto
         )
         result = analysed[0]
         if result != OK:
@@ -349,8 +434,11 @@ class ClientConnection(asyncio.Protocol):
                 else errors.BAD_REQUEST
             )
             raise _Reject("invalid request head")
-        ex = Exchange(self, self._snap, method, minor, self._headers, analysed)
+        ex = Exchange(self, self._snap, method, minor, self.headers, analysed)
         self._parsing = ex
+        if self.deadline_kind == K_HEAD:
+            self.deadline = _INF  # the head is complete; the body (if any) has its own clock
+            self.deadline_kind = K_NONE
         if self._active is None:
             self._start(ex)
         else:
@@ -442,10 +530,11 @@ class ClientConnection(asyncio.Protocol):
         ex.lease = gate
         backend = gate.backend
         pool = ex.pool = plane.pool(backend.host, backend.port)
-        self.up_deadline = self._loop.time() + snap.timeouts.connect
+        now = self._loop.time()
+        self.up_deadline = now + snap.timeouts.connect
         self.up_kind = U_CONNECT
         if not ex.body_done and self.deadline_kind != K_HEAD:
-            self.deadline = self._loop.time() + snap.timeouts.client_body_idle
+            self.deadline = now + snap.timeouts.client_body_idle
             self.deadline_kind = K_BODY
         pool.acquire(ex)
 
@@ -486,13 +575,8 @@ class ClientConnection(asyncio.Protocol):
 
     def response_started(self) -> None:
         """The response head is on its way: the backend is now on the idle clock."""
-        self.up_deadline = self._loop.time() + self._snap.timeouts.upstream_idle
+        self.up_deadline = self.up_last + self._snap.timeouts.upstream_idle
         self.up_kind = U_IDLE
-
-    def up_touch(self) -> None:
-        """A byte arrived from the backend: restart the upstream idle clock."""
-        if self.up_kind == U_IDLE:
-            self.up_deadline = self._loop.time() + self._snap.timeouts.upstream_idle
 
     def response_done(self, ex: Exchange) -> None:
         """The response was fully relayed: account it, then serve the next request."""
@@ -596,11 +680,15 @@ class ClientConnection(asyncio.Protocol):
         queue = self._queue
         if queue:
             ex = queue.popleft()
-            if self._pause_bits & P_PIPELINE and len(queue) < PIPELINE_LIMIT // 2:
-                self._resume(P_PIPELINE)
             self._start(ex)
+            if self._pause_bits & P_PIPELINE and len(queue) < PIPELINE_LIMIT // 2:
+                held = self._held
+                self._held = b""
+                self._resume(P_PIPELINE)
+                if held and not self._closing:
+                    self._feed_sliced(held)
             return
-        if self._in_head or self._parsing is not None:
+        if self.in_head or self._parsing is not None:
             return  # the next request is arriving; its own clocks run
         if self._plane.draining:
             self._close()
@@ -698,7 +786,7 @@ class ClientConnection(asyncio.Protocol):
 
     def drain(self) -> None:
         """Close now if idle; otherwise the next response carries Connection: close."""
-        if self._active is None and not self._in_head and self._parsing is None:
+        if self._active is None and not self.in_head and self._parsing is None:
             self._close()
 
     def client_timeout(self) -> None:
@@ -727,8 +815,13 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._send_error(errors.REQUEST_TIMEOUT)
 
-    def upstream_timeout(self) -> None:
+    def upstream_timeout(self, now: float) -> None:
         """The upstream-side deadline passed (connect, response head or idle mid-body)."""
+        if self.up_kind == U_IDLE:
+            idle_until = self.up_last + self._snap.timeouts.upstream_idle
+            if idle_until > now:
+                self.up_deadline = idle_until  # bytes arrived since: not idle yet
+                return
         self.up_deadline = _INF
         self.up_kind = U_NONE
         ex = self._active

@@ -22,20 +22,36 @@ from lbproxy.proxy._http_py import (
     FRAME_LENGTH,
     FRAME_NONE,
     OK,
-    new_request_id,
-    valid_request_id,
 )
 
 NATIVE = False
 if TYPE_CHECKING or os.environ.get("LBPROXY_NO_EXTENSIONS") == "1":
-    from lbproxy.proxy._http_py import analyse_request, analyse_response
+    from lbproxy.proxy._http_py import (
+        HeadCollector,
+        analyse_request,
+        analyse_response,
+        new_request_id,
+        valid_request_id,
+    )
 else:
     try:
-        from lbproxy._http_c import analyse_request, analyse_response
+        from lbproxy._http_c import (
+            HeadCollector,
+            analyse_request,
+            analyse_response,
+            new_request_id,
+            valid_request_id,
+        )
 
         NATIVE = True
     except ImportError:  # not built (e.g. a source checkout without a compiler)
-        from lbproxy.proxy._http_py import analyse_request, analyse_response
+        from lbproxy.proxy._http_py import (
+            HeadCollector,
+            analyse_request,
+            analyse_response,
+            new_request_id,
+            valid_request_id,
+        )
 
 __all__ = [
     "E_BAD_REQUEST",
@@ -50,6 +66,7 @@ __all__ = [
     "F_UPGRADE",
     "NATIVE",
     "OK",
+    "HeadCollector",
     "analyse_request",
     "analyse_response",
     "new_request_id",

@@ -21,12 +21,20 @@ class DataPlane:
 
     def __init__(self, snapshot: Snapshot, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.snapshot = snapshot
-        self.loop = loop if loop is not None else asyncio.get_event_loop()
+        self._loop = loop  # resolved on the first connection when not given
         self.draining = False
         self.inflight_requests = 0
         self._connections: set[ClientConnection] = set()
         self._pools: dict[tuple[str, int], UpstreamPool] = {}
         self._ticker: asyncio.TimerHandle | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop serving this plane (the running one, fixed at first use)."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     @property
     def active_connections(self) -> int:
@@ -71,7 +79,7 @@ class DataPlane:
             if conn.deadline <= now:
                 conn.client_timeout()
             if conn.up_deadline <= now:
-                conn.upstream_timeout()
+                conn.upstream_timeout(now)
         idle_timeout = self.snapshot.upstream.idle_timeout
         for pool in self._pools.values():
             if pool.idle:

@@ -19,7 +19,9 @@ import httptools
 from lbproxy.proxy.http import (
     FRAME_CHUNKED,
     FRAME_CLOSE,
+    FRAME_LENGTH,
     OK,
+    HeadCollector,
     analyse_response,
 )
 
@@ -37,19 +39,19 @@ class _BadResponse(Exception):
     """Raised inside parser callbacks: the backend's response is malformed (→ 502)."""
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(HeadCollector, asyncio.Protocol):
     """One connection to a backend; carries one exchange at a time, then returns to its pool."""
 
     __slots__ = (
         "_chunked_out",
         "_done",
-        "_head_bytes",
-        "_headers",
-        "_in_head",
         "_interim",
-        "_parser",
+        "_length_left",
         "_out",
+        "_parser",
+        "_raw_left",
         "_reusable",
+        "_time",
         "client",
         "closed",
         "ex",
@@ -64,16 +66,19 @@ class UpstreamConnection(asyncio.Protocol):
     )
 
     def __init__(self, pool: UpstreamPool) -> None:
+        super().__init__()
+        self.max_header_bytes = _MAX_RESPONSE_HEAD
+        self.max_headers = _MAX_RESPONSE_HEADERS
         self.pool = pool
+        self._time = pool.loop.time
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
-        self._in_head = True
         self._interim = False
         self._done = False
         self._reusable = False
         self._chunked_out = False
+        self._length_left = 0  # Content-Length body bytes still to come
+        self._raw_left = 0  # > 0: relaying those bytes without the parser
         # Bytes for the client produced while parsing one read: written with one writev,
         # so a small response (head + body in one segment) costs one send().
         self._out: list[bytes] = []
@@ -93,11 +98,13 @@ class UpstreamConnection(asyncio.Protocol):
         """Start carrying `ex`: send its head (and any body already buffered)."""
         self.ex = ex
         self.client = ex.conn
-        self._headers = []
-        self._head_bytes = 0
-        self._in_head = True
+        self.headers = []
+        self.header_bytes = 0
+        self.in_head = True
         self._interim = False
         self._done = False
+        self._length_left = 0
+        self._raw_left = 0
         self.started = False
         self.got_bytes = False
         self.request_sent = ex.body_done
@@ -133,20 +140,53 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             return
         self.got_bytes = True
-        client.up_touch()
+        client.up_last = self._time()
+        left = self._raw_left
+        if left:
+            self._relay_raw(client, data, left)
+            return
         out = self._out
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError:
             if out:
                 self._flush()
-            if self.client is not None:  # not already handled inside a callback
+            if self._done and self.client is not None:
+                # Junk after a complete response (RFC 9112 §9.3.2): the response stands,
+                # the connection is out of step and is dropped.
+                self._reusable = False
+                self._complete()
+            elif self.client is not None:  # not already handled inside a callback
                 self._fail_malformed()
             return
         if out:
             self._flush()
         if self._done:
             self._complete()
+        elif self._length_left > 0 and not self._raw_left:
+            # The head is parsed and the rest is a Content-Length body: relay the backend's
+            # reads as they are, without the parser's copy and callbacks per read (RFC 9112
+            # §6.2: exactly this many bytes follow). The parser is replaced at the end.
+            self._raw_left = self._length_left
+
+    def _relay_raw(self, client: ClientConnection, data: bytes, left: int) -> None:
+        """Relay body bytes of a Content-Length response directly."""
+        n = len(data)
+        transport = client.transport
+        assert transport is not None
+        if n < left:
+            self._raw_left = left - n
+            transport.write(data)
+            return
+        self._raw_left = self._length_left = 0
+        if n > left:
+            # Bytes after the end of the response: the backend is out of step (RFC 9112
+            # §9.3.2); what belongs to the response is relayed, the connection is dropped.
+            data = data[:left]
+            self._reusable = False
+        transport.write(data)
+        self._parser = httptools.HttpResponseParser(self)
+        self._complete()
 
     def _flush(self) -> None:
         """Write what parsing produced for the client in one call."""
@@ -193,13 +233,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------------
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        """Collect one response header (trailers after the body are dropped)."""
-        if self._in_head:
-            self._head_bytes += len(name) + len(value) + 4
-            if self._head_bytes > _MAX_RESPONSE_HEAD or len(self._headers) >= _MAX_RESPONSE_HEADERS:
-                raise _BadResponse("response head too large")
-            self._headers.append((name.lower(), value))
+    def head_too_large(self) -> None:
+        """The response head passed the limits: malformed."""
+        raise _BadResponse("response head too large")
 
     def on_headers_complete(self) -> None:
         """Validate and rewrite the response head, then send it to the client."""
@@ -211,10 +247,10 @@ class UpstreamConnection(asyncio.Protocol):
             # Interim responses are not relayed: the proxy sends its own single 100 Continue
             # (RFC 9110 §15.2; a proxy may drop 1xx the client did not ask for).
             self._interim = True
-            self._headers = []
-            self._head_bytes = 0
+            self.headers = []
+            self.header_bytes = 0
             return
-        self._in_head = False
+        self.in_head = False
         ex = self.ex
         client = self.client
         assert ex is not None and client is not None
@@ -222,13 +258,14 @@ class UpstreamConnection(asyncio.Protocol):
         if version != "1.1" and version != "1.0":
             raise _BadResponse("unsupported response version")
         keep_alive = client.may_keep_alive(ex)
-        result, framing_in, framing_out, _clen, reusable, keep_alive, head = analyse_response(
-            status, 1 if version == "1.1" else 0, self._headers, ex.head_request, ex.minor,
+        result, framing_in, framing_out, clen, reusable, keep_alive, head = analyse_response(
+            status, 1 if version == "1.1" else 0, self.headers, ex.head_request, ex.minor,
             keep_alive,
         )
         if result != OK:
             raise _BadResponse("malformed response head")
         self.framing_in = framing_in
+        self._length_left = clen if framing_in == FRAME_LENGTH else 0
         self._reusable = reusable
         self._chunked_out = framing_out == FRAME_CHUNKED
         ex.status = status
@@ -246,6 +283,8 @@ class UpstreamConnection(asyncio.Protocol):
         """Relay one piece of the response body, re-framed for the client."""
         if self.client is None or self._done:
             return
+        if self._length_left:
+            self._length_left -= len(data)
         if self._chunked_out:
             self._out += (b"%x\r\n" % len(data), data, CRLF)
         else:
@@ -295,11 +334,11 @@ class UpstreamConnection(asyncio.Protocol):
 class UpstreamPool:
     """Keep-alive connections to one backend address (max connections, max idle, idle timeout)."""
 
-    __slots__ = ("_loop", "_plane", "host", "idle", "port", "total", "waiters")
+    __slots__ = ("_plane", "host", "idle", "loop", "port", "total", "waiters")
 
     def __init__(self, plane: DataPlane, host: str, port: int) -> None:
         self._plane = plane
-        self._loop = plane.loop
+        self.loop = plane.loop
         self.host = host
         self.port = port
         self.idle: list[UpstreamConnection] = []  # LIFO: the warmest connection first
@@ -325,7 +364,7 @@ class UpstreamPool:
     def _connect(self, ex: Exchange) -> None:
         self.total += 1
         ex.connect_task = task = asyncio.ensure_future(
-            self._loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port)
+            self.loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port)
         )
         task.add_done_callback(lambda t: self._connected(ex, t))
 
@@ -363,7 +402,7 @@ class UpstreamPool:
             return
         assert conn.transport is not None
         conn.transport.resume_reading()  # it may have been paused for a slow client
-        conn.idle_since = self._loop.time()
+        conn.idle_since = self.loop.time()
         self.idle.append(conn)
 
     def lost(self, conn: UpstreamConnection) -> None:
