@@ -46,9 +46,18 @@ test: build sysdeps
 	$(PY) -m pytest -q
 
 
+# Selector and control-plane micro-benchmarks, then the proxy comparison; both write under
+# bench/results/ (the micro-benchmarks' raw JSON in raw/, not committed). Under 10 minutes.
 bench: build sysdeps
-	$(PY) -m pytest bench/test_selector_bench.py bench/test_control_bench.py --benchmark-only --benchmark-columns=min,median,mean,ops -q
+	@mkdir -p bench/results/raw
+	$(PY) -m pytest bench/test_selector_bench.py bench/test_control_bench.py -p no:cacheprovider \
+	  --benchmark-only --benchmark-enable --benchmark-columns=min,median,mean,ops \
+	  --benchmark-json=bench/results/raw/micro_bench.json -q -o addopts=""
 	$(PY) -m bench run --all
+
+# A tenth of the length, one repeat: a smoke test (also run by tests/test_bench_smoke.py).
+bench-quick: build sysdeps
+	$(PY) -m bench run --all --quick --out /tmp/lbproxy-bench-quick
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,1 @@
+"""lbproxy's load-test harness: generator, scenarios, peers, reports (see bench/README.md)."""
