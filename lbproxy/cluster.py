@@ -98,10 +98,12 @@ class OutcomeObserver(Protocol):
 class BackendCounters:
     """Per-backend totals since the backend took its slot (read by /stats and /metrics)."""
 
-    __slots__ = ("by_outcome", "failures", "latency", "latency_ns", "requests", "responses")
+    __slots__ = ("by_outcome", "failures", "latency", "latency_ns", "requests", "responses",
+                 "retries")
 
     def __init__(self) -> None:
         self.requests = 0
+        self.retries = 0  # of those requests, retries of an attempt that failed elsewhere
         # responses[c] counts status class c (1 = 1xx ... 5 = 5xx); [0] = no response at all.
         self.responses = [0, 0, 0, 0, 0, 0]
         self.failures = 0
@@ -131,9 +133,13 @@ class ClusterState:
         self.panic_threshold = 50.0
         self.panicking = False
         self.active = 0  # leases not yet ended, all backends (the circuit breaker reads it)
+        self.requests = 0  # leases begun, retries included (the retry budget reads both)
+        self.retries = 0
         # Plug-in points, empty for now; held here (not in Cluster) because they keep state.
         self.admission: tuple[AdmissionPolicy, ...] = ()
         self.observers: tuple[OutcomeObserver, ...] = ()
+        # Consulted after `admission` for retries only (attempt > 0): the retry budget.
+        self.retry_admission: tuple[AdmissionPolicy, ...] = ()
 
     def assign(self, addresses: Sequence[str]) -> list[int]:
         """Slots for `addresses` (in order): survivors keep theirs, newcomers reuse freed ones."""
@@ -324,7 +330,7 @@ def _build_selector(cfg: ClusterConfig, slots: list[int], addresses: list[str],
 class Cluster:
     """An immutable cluster in a snapshot: its backends, selector and long-lived state."""
 
-    __slots__ = ("_by_slot", "_pick", "_pick_with_now", "backends", "config",
+    __slots__ = ("_by_slot", "_fallback", "_pick", "_pick_with_now", "backends", "config",
                  "name", "policy", "selector", "state")
 
     def __init__(self, name: str, cfg: ClusterConfig, state: ClusterState) -> None:
@@ -349,11 +355,17 @@ class Cluster:
         # P2C needs the clock (peak-EWMA decays with time); the others pick by key alone.
         self._pick_with_now = cfg.policy == "p2c"
         self._pick = self.selector.pick  # type: ignore[attr-defined]
+        # Maglev's fallback order for a key (bounded load or not), for retries.
+        inner = getattr(self.selector, "inner", self.selector)
+        self._fallback = inner.candidates if cfg.policy == "maglev" else None  # type: ignore[attr-defined]
 
-    def begin(self, key: bytes, now_ns: int, attempt: int = 0) -> Lease | Refusal:
+    def begin(self, key: bytes, now_ns: int, attempt: int = 0,
+              exclude: tuple[int, ...] = ()) -> Lease | Refusal:
         """Admit, select and account one request: a `Lease` to end later, or a `Refusal`."""
         # `attempt` is 0 for a first try and counts retries, so a retry budget (an admission
         # policy) can refuse retries without the data plane knowing budgets exist.
+        if attempt:
+            return self._begin_retry(key, now_ns, attempt, exclude)
         state = self.state
         for policy in state.admission:
             refusal = policy.admit(self, now_ns, attempt)
@@ -364,10 +376,58 @@ class Cluster:
             return NO_HEALTHY_BACKEND
         state.load.start(slot)
         state.active += 1
+        state.requests += 1
         info = self._by_slot[slot]
         assert info is not None  # selectors only return slots they were built with
         state.counters[slot].requests += 1
         return Lease(state, info, now_ns)
+
+    def _begin_retry(self, key: bytes, now_ns: int, attempt: int,
+                     exclude: tuple[int, ...]) -> Lease | Refusal:
+        """`begin()` for a retry: every admission policy, the retry budget, another backend."""
+        state = self.state
+        for policy in state.admission + state.retry_admission:
+            refusal = policy.admit(self, now_ns, attempt)
+            if refusal is not None:
+                return refusal
+        slot = self._pick_other(key, now_ns, exclude)
+        if slot < 0:
+            return NO_HEALTHY_BACKEND
+        state.load.start(slot)
+        state.active += 1
+        state.requests += 1
+        state.retries += 1
+        info = self._by_slot[slot]
+        assert info is not None
+        counters = state.counters[slot]
+        counters.requests += 1
+        counters.retries += 1
+        return Lease(state, info, now_ns)
+
+    def _pick_other(self, key: bytes, now_ns: int, exclude: tuple[int, ...]) -> int:
+        """An accepted backend not in `exclude`; -1 when none is left."""
+        load = self.state.load
+        if self._fallback is not None:
+            # The key's next Maglev candidate, as Envoy's hash-based retries do: every retry
+            # of a key whose primary is down lands on the same second choice (cache affinity).
+            for slot in self._fallback(key, len(self.backends)):
+                if slot not in exclude and load.accepts(slot):
+                    return slot
+        else:
+            # P2C and round robin: pick again a few times; then the cheapest one left.
+            for _ in range(len(self.backends)):
+                slot = self._pick(key, now_ns) if self._pick_with_now else self._pick(key)
+                if slot < 0:
+                    return slot
+                if slot not in exclude:
+                    return slot
+            others = [b.slot for b in self.backends
+                      if b.slot not in exclude and load.accepts(b.slot)]
+            if others:
+                return min(others, key=lambda s: load.cost(s, now_ns))
+        # Only backends that already failed this request are left: as nginx's
+        # proxy_next_upstream, no next server means the failed attempt's error stands.
+        return -1
 
     def backend(self, address: str) -> BackendInfo | None:
         """The member with this address, if any."""

@@ -130,6 +130,15 @@ class CircuitBreaker(_Base, frozen=True):
     max_requests: int = 0  # requests in flight to the cluster at once (this process)
 
 
+class Retry(_Base, frozen=True):
+    """Retrying a failed attempt on another backend (HAProxy retries + redispatch, nginx
+    proxy_next_upstream), limited by a Finagle/Linkerd-style retry budget."""
+
+    attempts: int = 2  # extra attempts after the first (nginx proxy_next_upstream_tries - 1)
+    budget_percent: float = 20.0  # retries may add this share of first attempts (Envoy: 20)
+    min_retries_per_second: float = 3.0  # always allowed, however few requests (Finagle)
+
+
 class ClusterConfig(_Base, frozen=True):
     """A named pool of backends and the policy that picks among them."""
 
@@ -144,6 +153,7 @@ class ClusterConfig(_Base, frozen=True):
     outlier_detection: OutlierDetection = msgspec.field(default_factory=OutlierDetection)
     health_check: HealthCheck | None = None
     circuit_breaker: CircuitBreaker = msgspec.field(default_factory=CircuitBreaker)
+    retry: Retry = msgspec.field(default_factory=Retry)
 
 
 class RouteConfig(_Base, frozen=True):
@@ -291,7 +301,7 @@ def parse_status_ranges(entries: list[int | str]) -> list[tuple[int, int]]:
 
 
 def validate_resilience(cl: ClusterConfig, base: str) -> list[tuple[str, str]]:
-    """Errors in a cluster's panic threshold, outlier detection, health check and breaker."""
+    """Errors in a cluster's panic threshold, outlier detection, health check, breaker, retry."""
     errors: list[tuple[str, str]] = []
 
     def need(ok: bool, field: str, msg: str) -> None:
@@ -327,6 +337,9 @@ def validate_resilience(cl: ClusterConfig, base: str) -> list[tuple[str, str]]:
                  "health_check.host", "must be a non-empty printable ASCII host")
     need(cl.circuit_breaker.max_requests >= 0, "circuit_breaker.max_requests",
          "must be >= 0 (0 = unlimited)")
+    need(0 <= cl.retry.attempts <= 10, "retry.attempts", "must be 0-10 (0 disables retries)")
+    need(0 <= cl.retry.budget_percent <= 100, "retry.budget_percent", "must be 0-100 (percent)")
+    need(cl.retry.min_retries_per_second >= 0, "retry.min_retries_per_second", "must be >= 0")
     return errors
 
 

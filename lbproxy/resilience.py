@@ -1,12 +1,13 @@
 """Plugging a cluster's resilience policies into its `ClusterState`, and their background work.
 
-Owns turning a `ClusterConfig`'s panic threshold, outlier detection and circuit breaker
-into the `ClusterState.admission` / `.observers` tuples `Cluster.begin()` and
-`Lease.end()` consult (`install`, called for every snapshot build; an `OutlierDetector`
-already in place is kept, so ejections and streaks survive a reload), and the work off the
-request path in each process that owns a data plane (`start`): active health checks and a
-periodic sweep that returns expired ejections even when no request comes to do it lazily
-(so the admin API never shows a stale `ejected`). Must not touch sockets itself.
+Owns turning a `ClusterConfig`'s panic threshold, outlier detection, circuit breaker and
+retry budget into the `ClusterState.admission` / `.observers` / `.retry_admission` tuples
+`Cluster.begin()` and `Lease.end()` consult (`install`, called for every snapshot build;
+an `OutlierDetector` already in place is kept, so ejections and streaks survive a reload,
+and so is a `RetryBudget` whose figures did not change), and the work off the request path
+in each process that owns a data plane (`start`): active health checks and a periodic sweep
+that returns expired ejections even when no request comes to do it lazily (so the admin
+API never shows a stale `ejected`). Must not touch sockets itself.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from lbproxy.cluster import AdmissionPolicy, ClusterState, OutcomeObserver
 from lbproxy.config import ClusterConfig
 from lbproxy.health import HealthChecker
 from lbproxy.outlier import OutlierDetector
+from lbproxy.retry import RetryBudget
 
 if TYPE_CHECKING:  # snapshot.py imports this module: type-only imports avoid the cycle
     from lbproxy.controller import Controller
@@ -58,7 +60,20 @@ def install(state: ClusterState, cfg: ClusterConfig) -> None:
         admission.append(Breaker(cfg.circuit_breaker.max_requests))
     state.admission = tuple(admission)
     state.observers = tuple(observers)
+    state.retry_admission = _retry_admission(state, cfg)
     state.set_panic_threshold(cfg.panic_threshold)
+
+
+def _retry_admission(state: ClusterState, cfg: ClusterConfig) -> tuple[AdmissionPolicy, ...]:
+    """The retry budget (kept across reloads while its figures stay) and others' policies."""
+    others = tuple(p for p in state.retry_admission if not isinstance(p, RetryBudget))
+    if cfg.retry.attempts == 0:
+        return others
+    wanted = RetryBudget.of(cfg.retry)
+    for p in state.retry_admission:
+        if isinstance(p, RetryBudget) and (p.ratio, p.reserve) == (wanted.ratio, wanted.reserve):
+            return (p, *others)  # same figures: keep its window
+    return (wanted, *others)
 
 
 def sweep(snapshot: Snapshot, now_ns: int) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import pytest
 from proxy_harness import (
     Backend,
     Client,
@@ -25,6 +26,7 @@ from proxy_harness import (
 )
 
 from lbproxy import config, server
+from lbproxy.cluster import Outcome
 from lbproxy.health import HealthChecker
 from lbproxy.proxy import DataPlane
 
@@ -97,21 +99,30 @@ async def test_a_backend_answering_503_is_ejected_then_returns():
             await b.stop()
 
 
+@pytest.mark.parametrize("attempts", [0, 2], ids=["retry_off", "retry_default"])
 @on_uvloop
-async def test_connect_failures_eject_a_closed_port_and_clients_get_the_others():
+async def test_connect_failures_eject_a_closed_port_and_clients_get_the_others(attempts: int):
     good = [await Backend().start() for _ in range(2)]
     dead = f"127.0.0.1:{_closed_port()}"
-    proxy = await Proxy(_config([dead] + [b.address for b in good])).start()
+    proxy = await Proxy(_config([dead] + [b.address for b in good],
+                                retry={"attempts": attempts})).start()
     state = proxy.snapshot.clusters["c"].state
     try:
-        # The data plane does not retry a failed connect (only a pooled connection the
-        # backend closed while idle), so each connect failure is one 502 to its client.
         first = [status_of(await exchange(proxy.port, GET_CLOSE)) for _ in range(15)]
-        assert first.count(502) == 5 and first.count(200) == 10
+        if attempts == 0:
+            # Retries off: each connect failure is one 502 to its client until ejection.
+            assert first.count(502) == 5 and first.count(200) == 10
+        else:
+            # Retried on another backend (nothing was sent): no client sees the failure,
+            # and the dead backend still collects its 5 connect failures and is ejected.
+            assert first == [200] * 15
+            assert sum(_traffic(b) for b in good) == 15
+        dead_counters = state.counters[state.slots[dead]]
+        assert dead_counters.by_outcome[Outcome.CONNECT_FAILED] == 5
         assert state.is_ejected(dead)
         rest = [status_of(await exchange(proxy.port, GET_CLOSE)) for _ in range(20)]
         assert rest == [200] * 20
-        assert sum(_traffic(b) for b in good) == 30
+        assert sum(_traffic(b) for b in good) == (30 if attempts == 0 else 35)
     finally:
         await proxy.stop()
         for b in good:

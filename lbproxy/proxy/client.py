@@ -115,9 +115,11 @@ class Exchange:
         "pending_bytes",
         "pool",
         "query",
+        "replay",
         "retried",
         "snapshot",
         "status",
+        "tried",
         "up",
         "upstream_head",
         "waiting_pool",
@@ -156,6 +158,8 @@ class Exchange:
         self.abandoned = False
         self.retried = False
         self.status = 0
+        self.tried: tuple[int, ...] = ()  # slots of the attempts that failed (retries)
+        self.replay: bytes | None = None  # the whole body, when it went in the first write
 
 
 class ClientConnection(HeadCollector, asyncio.Protocol):
@@ -584,8 +588,11 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         pending = ex.pending
         first = ex.upstream_head
         if pending:
-            first += b"".join(pending)
+            body = b"".join(pending)
+            first += body
             pending.clear()
+            if ex.body_done:
+                ex.replay = body  # the whole body went in this write: a retry can resend it
         ex.pending = None
         ex.pending_bytes = 0
         if self._pause_bits & P_BUFFER:
@@ -650,6 +657,21 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
                 ex.pending = []
                 ex.pool.acquire(ex)
                 return
+            if (
+                not malformed
+                and not conn.got_bytes
+                and conn.request_sent
+                and not ex.retried
+                and ex.method in _IDEMPOTENT
+                and (ex.replay is not None
+                     or (ex.body_received == 0 and ex.framing != FRAME_CHUNKED))
+            ):
+                # RFC 9110 §9.2.2: an idempotent request the backend dropped before any
+                # response byte may be sent again, once (Envoy's "reset", nginx's "error").
+                ex.retried = True
+                ex.pending = [] if ex.replay is None else [ex.replay]
+                if self._retry(ex, Outcome.RESET):
+                    return
             self._end_lease(ex, Outcome.RESET)
             self._fail(ex, errors.BACKEND_FAILED)
             return
@@ -663,8 +685,38 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         """The TCP connect to the backend failed (refused, unreachable): 502."""
         if ex is not self._active:
             return
+        # Nothing was sent, so any method may go to another backend, provided every body
+        # byte received so far is still held (`pending`; None once bytes went upstream).
+        if ex.pending is not None and self._retry(ex, Outcome.CONNECT_FAILED):
+            return
         self._end_lease(ex, Outcome.CONNECT_FAILED)
         self._fail(ex, errors.BACKEND_CONNECT_FAILED)
+
+    def _retry(self, ex: Exchange, outcome: Outcome) -> bool:
+        """End the failed attempt's lease; begin `ex` again on another backend if allowed."""
+        lease = ex.lease
+        self._end_lease(ex, outcome)  # first: outlier detection sees the failure
+        if lease is None or self._closing:
+            return False
+        snap = ex.snapshot
+        route = snap.router.match(ex.method, ex.path, ex.host, ex.headers)  # as in _start
+        if route is None:
+            return False
+        cluster = route.cluster
+        tried = ex.tried = (*ex.tried, lease.slot)
+        if len(tried) > cluster.config.retry.attempts or len(tried) >= len(cluster.backends):
+            return False  # out of attempts, or of backends not yet tried (nginx's rule)
+        key = route.hash_key(ex.path, ex.query, ex.headers)
+        gate = cluster.begin(key, _now_ns(), len(tried), tried)
+        if type(gate) is Refusal:
+            return False  # e.g. past the retry budget: the failed attempt's error stands
+        ex.lease = gate
+        backend = gate.backend
+        pool = ex.pool = self._plane.pool(backend.host, backend.port)
+        self.up_deadline = self._loop.time() + snap.timeouts.connect
+        self.up_kind = U_CONNECT
+        pool.acquire(ex)
+        return True
 
     def pause_for_upstream(self) -> None:
         """The backend's write buffer is full: stop reading the client."""
@@ -881,11 +933,19 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
             if idle_until > now:
                 self.up_deadline = idle_until  # bytes arrived since: not idle yet
                 return
+        kind = self.up_kind
         self.up_deadline = _INF
         self.up_kind = U_NONE
         ex = self._active
         if ex is None:
             return
+        task = ex.connect_task
+        if kind == U_CONNECT and task is not None and ex.pending is not None:
+            # A connect timeout sent nothing: retried like a refusal. Only if the connect
+            # is really cancelled (not done with its callback pending, which would attach).
+            ex.connect_task = None
+            if task.cancel() and self._retry(ex, Outcome.TIMEOUT):
+                return
         started = ex.up is not None and ex.up.started
         self._abandon(ex, Outcome.TIMEOUT)
         if started:
