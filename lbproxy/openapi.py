@@ -39,6 +39,7 @@ _PENDING = {"type": "array", "items": {"type": "integer"},
 
 _SUMMARY_PROPS: dict[str, Any] = {
     "requests": _COUNT,
+    "retries": _COUNT,
     "inflight": _COUNT,
     "responses": {"type": "object",
                   "properties": {k: _COUNT for k in ("none", "1xx", "2xx", "3xx", "4xx",

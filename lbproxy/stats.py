@@ -32,9 +32,10 @@ InflightSource = Callable[[str, str], int]
 
 
 def _summary(requests: int, responses: Sequence[int], by_outcome: Sequence[int],
-             histogram: Sequence[int], inflight: int) -> dict[str, Any]:
+             histogram: Sequence[int], inflight: int, retries: int) -> dict[str, Any]:
     return {
         "requests": requests,
+        "retries": retries,  # of those requests, retries of an attempt failed elsewhere
         "inflight": inflight,
         "responses": dict(zip(RESPONSE_CLASSES, responses, strict=True)),
         "failures": {name: by_outcome[Outcome[name.upper()]] for name in FAILURE_NAMES},
@@ -53,7 +54,7 @@ def stats_view(snapshot: Snapshot, inflight: InflightSource) -> dict[str, Any]:
             c = counters[b.slot]
             entry = {"address": b.address,
                      **_summary(c.requests, c.responses, c.by_outcome, c.latency,
-                                inflight(name, b.address))}
+                                inflight(name, b.address), c.retries)}
             backends.append(entry)
         members = [counters[b.slot] for b in cluster.backends]
         clusters[name] = {
@@ -63,6 +64,7 @@ def stats_view(snapshot: Snapshot, inflight: InflightSource) -> dict[str, Any]:
                 [sum(c.by_outcome[i] for c in members) for i in range(len(Outcome))],
                 latency.merged(c.latency for c in members),
                 sum(e["inflight"] for e in backends),
+                sum(c.retries for c in members),
             ),
             "backends": backends,
         }
@@ -73,7 +75,7 @@ def stats_view(snapshot: Snapshot, inflight: InflightSource) -> dict[str, Any]:
 
 
 def _flat(c: BackendCounters) -> list[int]:
-    return [c.requests, c.failures, c.latency_ns, *c.responses, *c.by_outcome]
+    return [c.requests, c.failures, c.latency_ns, *c.responses, *c.by_outcome, c.retries]
 
 
 class DeltaReporter:
@@ -127,7 +129,9 @@ def add_deltas(states: Mapping[str, ClusterState], report: Mapping[str, Any]) ->
             n_resp = len(c.responses)
             for i in range(n_resp):
                 c.responses[i] += flat[3 + i]
-            for i in range(len(c.by_outcome)):
+            n_out = len(c.by_outcome)
+            for i in range(n_out):
                 c.by_outcome[i] += flat[3 + n_resp + i]
+            c.retries += flat[3 + n_resp + n_out]
             for i, n in delta["h"]:
                 c.latency[i] += n
