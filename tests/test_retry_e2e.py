@@ -1,0 +1,271 @@
+"""Retries through the real data plane: which failures go to another backend, and which never.
+
+Real sockets on 127.0.0.1 (port 0), real uvloop, the real `DataPlane`; backends are the
+harness's raw servers, so each test counts exactly which requests reached which backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import httptools
+import pytest
+from proxy_harness import (
+    Backend,
+    Client,
+    Proxy,
+    _ReqParser,
+    exchange,
+    header_of,
+    on_uvloop,
+    pattern,
+    pattern_sha,
+    status_of,
+)
+
+from lbproxy import config
+from lbproxy.cluster import Outcome
+
+H = b"Host: a\r\n"
+GET = b"GET /v/1/seg HTTP/1.1\r\n" + H + b"\r\n"
+GET_CLOSE = b"GET /v/1/seg HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"
+NO_EJECTION = {"enabled": False}  # so every request meets the dead backend first
+
+
+def _closed_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"  # nothing listens there once closed
+
+
+def _config(addresses: list[str], lead: bool = False, **cluster: Any) -> config.Config:
+    """One cluster of `addresses`; with `lead`, the first one takes the first request (smooth
+    weighted round robin orders backends by address, and starts with the heaviest)."""
+    backends = [{"address": a, "weight": 2 if lead and i == 0 else 1}
+                for i, a in enumerate(addresses)]
+    return config.from_dict({
+        "listener": {"bind": "127.0.0.1:0"},
+        "clusters": {"c": {"policy": "round_robin", "backends": backends, **cluster}},
+        "routes": [{"cluster": "c", "hash_on": "path_regex:^/v/([^/]+)/"}],
+    })
+
+
+def _outcomes(proxy: Proxy) -> dict[Outcome, int]:
+    state = proxy.snapshot.clusters["c"].state
+    total = {o: 0 for o in Outcome}
+    for slot in state.slots.values():
+        for o in Outcome:
+            total[o] += state.counters[slot].by_outcome[o]
+    return {o: n for o, n in total.items() if n}
+
+
+async def _reset_after_request(b: Backend, reader: asyncio.StreamReader,
+                               writer: asyncio.StreamWriter) -> None:
+    """Backend handler: read one whole request, record it, then reset (RST), no answer."""
+    state = _ReqParser()
+    parser = httptools.HttpRequestParser(state)
+    while not state.done:
+        data = await b.read(reader)
+        if not data:
+            return
+        parser.feed_data(data)
+    req = state.done.pop(0)
+    req.method = parser.get_method()
+    b.requests.append(req)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    writer.transport.abort()
+
+
+async def _start(*backends: Backend) -> list[Backend]:
+    return [await b.start() for b in backends]
+
+
+async def _stop(proxy: Proxy, backends: list[Backend]) -> None:
+    await proxy.stop()
+    for b in backends:
+        await b.stop()
+    for b in backends:
+        assert not b.errors, f"backend handler failed: {b.errors!r}"
+
+
+@on_uvloop
+async def test_a_closed_port_among_three_costs_no_client_a_502():
+    good = await _start(Backend(), Backend())
+    dead = _closed_port()
+    proxy = await Proxy(_config([dead, good[0].address, good[1].address])).start()
+    client = await Client.connect(proxy.port)
+    try:
+        statuses = []
+        for _ in range(200):
+            await client.send(GET)
+            statuses.append((await client.response()).status)
+        assert statuses == [200] * 200
+        assert sum(len(b.requests) for b in good) == 200
+        state = proxy.snapshot.clusters["c"].state
+        dead_counters = state.counters[state.slots[dead]]
+        # Each connect failure counts (outlier detection ejects it after 5 in a row).
+        assert dead_counters.by_outcome[Outcome.CONNECT_FAILED] == 5
+        assert state.is_ejected(dead)
+        assert state.retries == 5
+    finally:
+        client.close()
+        await _stop(proxy, good)
+
+
+@on_uvloop
+async def test_maglev_keys_whose_primary_is_dead_go_to_their_second_candidate():
+    good = await _start(Backend(), Backend())
+    dead = _closed_port()
+    addresses = [dead, good[0].address, good[1].address]
+    proxy = await Proxy(_config(addresses, policy="maglev",
+                                outlier_detection=NO_EJECTION)).start()
+    cluster = proxy.snapshot.clusters["c"]
+    by_slot = {b.slot: b.address for b in cluster.backends}
+    try:
+        expected: dict[bytes, str] = {}
+        for i in range(40):
+            key = f"video{i}".encode()
+            first, second = cluster.selector.inner.candidates(key, 2)
+            expected[key] = by_slot[second if by_slot[first] == dead else first]
+        assert dead not in expected.values() and len(set(expected.values())) == 2
+        for _ in range(2):  # the same backend both times: the cache stays warm
+            for key in expected:
+                raw = b"GET /v/%s/seg-1.ts HTTP/1.1\r\n%sConnection: close\r\n\r\n" % (key, H)
+                assert status_of(await exchange(proxy.port, raw)) == 200
+        for b in good:
+            for req in b.requests:
+                key = req.target.split(b"/")[2]
+                assert expected[key] == b.address
+        assert sum(len(b.requests) for b in good) == 80
+        primary_dead = sum(1 for k in expected
+                           if by_slot[cluster.selector.inner.candidates(k, 1)[0]] == dead)
+        assert primary_dead > 0 and cluster.state.retries == 2 * primary_dead
+    finally:
+        await _stop(proxy, good)
+
+
+@pytest.mark.parametrize("size", [100 * 1024, 1024 * 1024], ids=["100KiB", "1MiB"])
+@on_uvloop
+async def test_a_post_body_whose_first_backend_refuses_reaches_another_byte_exact_once(
+        size: int):
+    # 1 MiB is past BUFFER_LIMIT: the client is paused, and every byte is still held.
+    good = await _start(Backend(), Backend())
+    proxy = await Proxy(_config([_closed_port(), *(b.address for b in good)], lead=True,
+                                outlier_detection=NO_EJECTION)).start()
+    client = await Client.connect(proxy.port)
+    try:
+        await client.send(b"POST /upload HTTP/1.1\r\n" + H + b"Content-Length: %d\r\n\r\n" % size)
+        await client.send_stream(pattern(size, 8192))
+        resp = await client.response()
+        assert resp.status == 200
+        received = [r for b in good for r in b.requests]
+        assert len(received) == 1
+        assert received[0].body_len == size and received[0].body_sha == pattern_sha(size)
+        assert _outcomes(proxy) == {Outcome.CONNECT_FAILED: 1, Outcome.OK: 1}
+    finally:
+        client.close()
+        await _stop(proxy, good)
+
+
+@on_uvloop
+async def test_a_non_idempotent_post_reset_after_the_full_request_is_not_retried():
+    backends = await _start(Backend(handler=_reset_after_request),
+                            Backend(handler=_reset_after_request))
+    proxy = await Proxy(_config([b.address for b in backends])).start()
+    try:
+        raw = b"POST /orders HTTP/1.1\r\n" + H + b"Content-Length: 5\r\n\r\nhello"
+        out = await exchange(proxy.port, raw)
+        assert status_of(out) == 502
+        assert header_of(out, b"x-lbproxy-error") == b"backend_failed"
+        assert sum(len(b.requests) for b in backends) == 1  # exactly one reached a backend
+        assert _outcomes(proxy) == {Outcome.RESET: 1}
+    finally:
+        await _stop(proxy, backends)
+
+
+@on_uvloop
+async def test_an_idempotent_get_reset_before_the_response_is_retried_once_elsewhere():
+    resetting = await Backend(handler=_reset_after_request).start()
+    good = await Backend().start()
+    proxy = await Proxy(_config([resetting.address, good.address], lead=True)).start()
+    try:
+        out = await exchange(proxy.port, GET_CLOSE)
+        assert status_of(out) == 200
+        assert (len(resetting.requests), len(good.requests)) == (1, 1)
+        assert _outcomes(proxy) == {Outcome.RESET: 1, Outcome.OK: 1}
+    finally:
+        await _stop(proxy, [resetting, good])
+
+
+@on_uvloop
+async def test_an_idempotent_put_is_resent_with_its_body_and_only_once():
+    body = bytes(range(256)) * 40
+    resetting = await _start(*(Backend(handler=_reset_after_request) for _ in range(3)))
+    proxy = await Proxy(_config([b.address for b in resetting])).start()
+    try:
+        raw = b"PUT /v/1/x HTTP/1.1\r\n" + H + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        assert status_of(await exchange(proxy.port, raw)) == 502  # every backend resets
+        received = [r for b in resetting for r in b.requests]
+        assert len(received) == 2  # the first attempt and one retry, never a third
+        assert all(r.method == b"PUT" and r.body == body for r in received)
+        assert _outcomes(proxy) == {Outcome.RESET: 2}
+    finally:
+        await _stop(proxy, resetting)
+
+
+@on_uvloop
+async def test_retries_disabled_a_refused_connect_is_502_as_before():
+    good = await Backend().start()
+    proxy = await Proxy(_config([_closed_port(), good.address], lead=True,
+                                retry={"attempts": 0})).start()
+    try:
+        out = await exchange(proxy.port, GET_CLOSE)
+        assert status_of(out) == 502
+        assert header_of(out, b"x-lbproxy-error") == b"backend_connect_failed"
+        assert not good.requests
+    finally:
+        await _stop(proxy, [good])
+
+
+@on_uvloop
+async def test_past_the_retry_budget_the_connect_failure_is_502():
+    good = await Backend().start()
+    no_budget = {"budget_percent": 0.0, "min_retries_per_second": 0.0}
+    proxy = await Proxy(_config([_closed_port(), good.address], lead=True,
+                                retry=no_budget)).start()
+    try:
+        out = await exchange(proxy.port, GET_CLOSE)
+        assert status_of(out) == 502
+        assert header_of(out, b"x-lbproxy-error") == b"backend_connect_failed"
+        assert not good.requests
+        assert proxy.snapshot.clusters["c"].state.retries == 0
+    finally:
+        await _stop(proxy, [good])
+
+
+@on_uvloop
+async def test_a_backend_dying_mid_body_is_never_retried():
+    async def dies_mid_body(b: Backend, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
+        await b.read(reader)
+        b.requests.append(None)  # type: ignore[arg-type]
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 50_000)
+        await writer.drain()
+        writer.transport.abort()
+
+    dying = await Backend(handler=dies_mid_body).start()
+    good = await Backend().start()
+    proxy = await Proxy(_config([dying.address, good.address], lead=True)).start()
+    client = await Client.connect(proxy.port)
+    try:
+        await client.send(GET)
+        resp = await client.response()
+        assert resp.status == 200 and resp.body_len == 50_000 and not resp.complete
+        assert not good.requests
+        assert _outcomes(proxy) == {Outcome.RESET: 1}
+    finally:
+        client.close()
+        await _stop(proxy, [dying, good])
