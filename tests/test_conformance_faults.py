@@ -168,7 +168,8 @@ def test_response_in_flight_during_drain_says_connection_close(backends, tmp_pat
 
 def test_a_dead_backend_is_ejected_without_configuration(backends, tmp_path) -> None:
     # CONTRACT: passive outlier detection needs no configuration. Round robin over a live
-    # backend and a closed port: a few 502s, then the dead one is ejected.
+    # backend and a closed port: each refused connect is retried on the live backend (retries
+    # are on by default), so no client sees a 502, and the dead one is still ejected.
     def render(port: int, admin_port: int) -> str:
         return toml_config(port, admin_port,
                            {"pair": [backends["main"].address, f"127.0.0.1:{closed_port()}"]},
@@ -186,8 +187,6 @@ def test_a_dead_backend_is_ejected_without_configuration(backends, tmp_path) -> 
     finally:
         rc = run.proxy.stop()
     assert rc == 0, run.proxy.stderr()
-    assert set(statuses) <= {200, 502}
-    assert 1 <= statuses.count(502) <= 10, statuses
-    assert statuses[-10:] == [200] * 10, statuses
+    assert statuses == [200] * 30, statuses
     dead = next(b for b in view if b["address"] != backends["main"].address)
     assert dead["healthy"] is False, view
