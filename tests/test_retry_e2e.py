@@ -269,3 +269,40 @@ async def test_a_backend_dying_mid_body_is_never_retried():
     finally:
         client.close()
         await _stop(proxy, [dying, good])
+
+
+@on_uvloop
+async def test_a_get_meeting_two_stale_pooled_connections_still_goes_elsewhere():
+    async def one_answer_per_connection(b: Backend, reader: asyncio.StreamReader,
+                                        writer: asyncio.StreamWriter) -> None:
+        await b.read(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await b.read(reader)  # the next request on this connection: dropped unanswered
+        b.requests.append(None)  # type: ignore[arg-type]
+
+    stale = await Backend(handler=one_answer_per_connection).start()
+    good = await Backend().start()
+    proxy = await Proxy(_config([stale.address, good.address], policy="maglev",
+                                balance_factor=0, outlier_detection=NO_EJECTION)).start()
+    cluster = proxy.snapshot.clusters["c"]
+    key = next(b"k%d" % i for i in range(100)
+               if cluster.backend(stale.address).slot  # type: ignore[union-attr]
+               == cluster.selector.candidates(b"k%d" % i, 1)[0])
+    get = b"GET /v/%s/seg HTTP/1.1\r\n%s\r\n" % (key, H)
+    clients = [await Client.connect(proxy.port) for _ in range(2)]
+    try:
+        # Two requests at once: two upstream connections to `stale`, both pooled after.
+        for c in clients:
+            await c.send(get)
+        assert [(await c.response()).status for c in clients] == [200, 200]
+        assert stale.connections == 2
+        # The next request meets both (now stale) pooled connections, one after the other:
+        # the keep-alive race's resend, then the idempotent retry on another backend.
+        await clients[0].send(get)
+        assert (await clients[0].response()).status == 200
+        assert len(good.requests) == 1
+    finally:
+        for c in clients:
+            c.close()
+        await _stop(proxy, [stale, good])

@@ -116,6 +116,7 @@ class Exchange:
         "pool",
         "query",
         "replay",
+        "resent",
         "retried",
         "snapshot",
         "status",
@@ -156,7 +157,8 @@ class Exchange:
         self.connect_task: asyncio.Future[Any] | None = None
         self.waiting_pool = False
         self.abandoned = False
-        self.retried = False
+        self.retried = False  # sent again after a failure (so no second 100 Continue)
+        self.resent = False  # sent again after a backend dropped it (at most once)
         self.status = 0
         self.tried: tuple[int, ...] = ()  # slots of the attempts that failed (retries)
         self.replay: bytes | None = None  # the whole body, when it went in the first write
@@ -661,14 +663,15 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
                 not malformed
                 and not conn.got_bytes
                 and conn.request_sent
-                and not ex.retried
+                and not ex.resent
                 and ex.method in _IDEMPOTENT
                 and (ex.replay is not None
                      or (ex.body_received == 0 and ex.framing != FRAME_CHUNKED))
             ):
                 # RFC 9110 §9.2.2: an idempotent request the backend dropped before any
-                # response byte may be sent again, once (Envoy's "reset", nginx's "error").
-                ex.retried = True
+                # response byte may be sent again, once (Envoy's "reset", nginx's "error"),
+                # even after the keep-alive race's resend above met another stale connection.
+                ex.retried = ex.resent = True
                 ex.pending = [] if ex.replay is None else [ex.replay]
                 if self._retry(ex, Outcome.RESET):
                     return
