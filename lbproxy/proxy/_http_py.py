@@ -48,6 +48,29 @@ _HOST_CHARS = frozenset(
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:[]%"
 )
 _DIGITS = frozenset(b"0123456789")
+# reg-name / IPv4address (RFC 3986 §3.2.2): unreserved, pct-encoded, sub-delims; no ":".
+_REG_NAME_CHARS = _HOST_CHARS - frozenset(b":[]")
+# Inside an IP-literal's brackets: IPv6address or IPvFuture (hex digits, ".", ":", ...).
+_IP_LITERAL_CHARS = _HOST_CHARS - frozenset(b"[]")
+
+
+def valid_host(value: bytes) -> bool:
+    """True when `value` is uri-host [":" port] (RFC 9110 §7.2, RFC 3986 §3.2.2-3.2.3).
+
+    Checks the shape, not the address: one optional ":" and a digits-only port after a
+    reg-name or IPv4 address, or a bracketed IP-literal. The native module calls this too.
+    """
+    if value[:1] == b"[":
+        end = value.find(b"]")
+        if end < 2 or not _IP_LITERAL_CHARS.issuperset(value[1:end]):
+            return False
+        rest = value[end + 1 :]
+    else:
+        host, colon, port = value.partition(b":")
+        if not _REG_NAME_CHARS.issuperset(host):
+            return False
+        rest = colon + port
+    return not rest or (rest[:1] == b":" and _DIGITS.issuperset(rest[1:]))
 
 _rng = random.Random(os.urandom(16))
 
@@ -94,7 +117,9 @@ class HeadCollector:
         if self.header_bytes > self.max_header_bytes or len(self.headers) >= self.max_headers:
             self.head_too_large()
             return
-        self.headers.append((name.lower(), value))
+        # RFC 9110 §5.5: leading and trailing whitespace is not part of a field value;
+        # llhttp drops the leading OWS only ("Content-Length: 5 " must mean 5).
+        self.headers.append((name.lower(), value.rstrip(b" \t")))
 
     def head_too_large(self) -> None:
         """Called when a limit is passed; subclasses raise their own error."""
@@ -135,6 +160,15 @@ def _append_fields(
         out += b"\r\n"
 
 
+def interim_head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The head of a 1xx response as relayed to an HTTP/1.1 client, hop-by-hop removed."""
+    conn_names = [t for n, v in headers if n == b"connection" for t in _tokens(v)]
+    out = bytearray(STATUS_LINES[status])
+    _append_fields(out, headers, DROP_RESPONSE, conn_names)
+    out += b"\r\n"
+    return bytes(out)
+
+
 def split_target(target: bytes) -> tuple[bytes, bytes, bytes] | None:
     """(authority, path, query) of an origin- or absolute-form target; None when invalid.
 
@@ -160,7 +194,7 @@ def split_target(target: bytes) -> tuple[bytes, bytes, bytes] | None:
         if 0 <= qmark < end:
             end = qmark
         authority = rest[:end]
-        if not authority or b"@" in authority or not _HOST_CHARS.issuperset(authority):
+        if not authority or not valid_host(authority):
             return None
         target = rest[end:]
         if target[:1] == b"?":
@@ -252,7 +286,8 @@ def analyse_request(
     # RFC 9112 §3.2: exactly one Host in HTTP/1.1; absolute-form's authority wins over it.
     if host_count > 1 or (host_count == 0 and minor == 1):
         return E_BAD_REQUEST, b"", b"", b"", 0, 0, 0, b""
-    if host and not _HOST_CHARS.issuperset(host):
+    # RFC 9110 §7.2: a Host field with an invalid value MUST be answered with 400.
+    if host and not valid_host(host):
         return E_BAD_REQUEST, b"", b"", b"", 0, 0, 0, b""
     if authority:
         host = authority

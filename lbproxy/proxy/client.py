@@ -70,11 +70,17 @@ K_IDLE = 1  # keep-alive connection with no request: close silently
 K_HEAD = 2  # request head incomplete: 408
 K_BODY = 3  # no request body byte for too long: 408
 K_STALL = 4  # the client stopped reading our response: close
+K_LINGER = 5  # an error was sent and our side half-closed: now close for good
 # What the upstream-side deadline means when it passes.
 U_NONE = 0
 U_CONNECT = 1  # connecting (or waiting for a pooled connection): 504
 U_HEADERS = 2  # request sent, no response head: 504
 U_IDLE = 3  # no byte from the backend for too long: 504, or abort mid-body
+
+# How long to keep discarding what a client still sends after an error response. Closing
+# with unread input makes the kernel send RST, which can destroy the error response before
+# the client reads it (RFC 9112 §9.6: half-close first, then close; nginx lingering_close).
+LINGER_S = 2.0
 
 _INF = math.inf
 _now_ns = time.monotonic_ns
@@ -157,7 +163,9 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
 
     __slots__ = (
         "_active",
+        "_begun",
         "_client_ip",
+        "_close_asked",
         "_closing",
         "_head_limit",
         "_head_raw",
@@ -197,6 +205,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         self._snap: Snapshot = plane.snapshot
         self._url = b""
         self._head_raw = 0
+        self._begun = 0  # requests begun during the current _feed
         self._head_limit = 0
         self._parsing: Exchange | None = None  # the request whose body is being parsed
         self._active: Exchange | None = None  # the request being answered
@@ -206,6 +215,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         self._reject: ProxyError | None = None
         self._pending_error: ProxyError | None = None  # answer after the active exchange
         self._no_more = False  # nothing after the active exchange (upgrade, parse error)
+        self._close_asked = False  # a request said "close" (or was HTTP/1.0 without keep-alive)
         self._closing = False
         self._pause_bits = 0
         self.writing_paused = False
@@ -243,8 +253,6 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
             data = self._relay_raw(data)
             if not data:
                 return
-        if self.in_head:
-            self._head_raw += len(data)
         # the common case is one request per read: parsed in one go
         ok = self._feed(data) if len(data) <= PIPELINE_SLICE else self._feed_sliced(data)
         ex = self._parsing
@@ -290,6 +298,12 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
 
     def _feed(self, data: bytes) -> bool:
         """Parse `data`; False when parsing stopped for good on this connection."""
+        was_in_head = self.in_head
+        if was_in_head:
+            self._head_raw += len(data)
+        # Between requests, a request that begins in this piece begins at its first byte.
+        at_boundary = not was_in_head and self._parsing is None
+        self._begun = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -302,6 +316,14 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
             return False
         except httptools.HttpParserError as exc:
             if self._closing:
+                return False
+            if self._close_asked and self._parsing is None and not self.in_head:
+                # RFC 9112 §9.6: nothing after a request with "close" is processed; llhttp
+                # stops at such bytes, which are ignored (not answered with a 400).
+                self._no_more = True
+                self._pause(P_STOP)
+                if self._active is None:
+                    self._close()
                 return False
             err = self._reject
             self._reject = None
@@ -316,6 +338,15 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
                 )
             self._parse_failed(err)
             return False
+        if self.in_head and not was_in_head and at_boundary and self._begun == 1:
+            # The head started here and is still open: all of `data` is head (without
+            # this, one oversized first segment would wait for the 408, not get its 431).
+            self._head_raw = len(data)
+            if self._parser.get_http_version() in ("0.0", "0.9") and b"\n" in data.lstrip(b"\r\n"):
+                # The request line ended without a version: HTTP/0.9 ("GET /path" CRLF).
+                # llhttp would wait for header lines a 0.9 client never sends (then 408).
+                self._parse_failed(errors.VERSION_NOT_SUPPORTED)
+                return False
         if self.in_head and self._head_raw > self._head_limit:
             # One header line (or the head) keeps growing past every limit: 431 without
             # waiting for its end (httptools buffers a field until it is complete).
@@ -325,6 +356,8 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
 
     def eof_received(self) -> bool:
         """The client half-closed: answer a complete request, abandon an incomplete one."""
+        if self._closing:
+            return False  # nothing more to send: let the transport close
         self._no_more = True
         ex = self._active
         if ex is not None and ex.body_done and self._parsing is None and not self.in_head:
@@ -385,6 +418,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         self.max_headers = lim.max_headers
         self.in_head = True
         self._head_raw = 0
+        self._begun += 1
         self._head_limit = lim.max_request_line + lim.max_header_bytes + 4 * lim.max_headers + 4
         if self._active is None or self._active.body_done:
             self.deadline = self._loop.time() + snap.timeouts.request_headers
@@ -436,6 +470,8 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
             raise _Reject("invalid request head")
         ex = Exchange(self, self._snap, method, minor, self.headers, analysed)
         self._parsing = ex
+        if not ex.keep_alive:
+            self._close_asked = True
         if self.deadline_kind == K_HEAD:
             self.deadline = _INF  # the head is complete; the body (if any) has its own clock
             self.deadline_kind = K_NONE
@@ -584,8 +620,10 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         self._finish(ex)
         if self._pending_error is not None:
             self._send_error(self._pending_error)  # a later pipelined request was bad
-        elif not ex.keep_alive or not ex.body_done:
-            self._close()  # Connection: close was sent (or the body was not read to its end)
+        elif not ex.body_done:
+            self._linger()  # answered before the request body ended: the client may be sending
+        elif not ex.keep_alive:
+            self._close()  # Connection: close was sent
         else:
             self._next()
 
@@ -716,12 +754,28 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         self._send_error(err)
 
     def _send_error(self, err: ProxyError) -> None:
-        """Write a (Connection: close) error response and close once it is flushed."""
+        """Write a (Connection: close) error response, half-close, and linger."""
         if self._closing:
             return
         assert self.transport is not None
         self.transport.write(err.wire)
-        self._close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close a connection whose client may still be sending: FIN after what was
+        written, then keep reading (and discarding) for a while, so the client gets the
+        response, not a reset."""
+        transport = self.transport
+        assert transport is not None
+        if not transport.can_write_eof():
+            self._close()
+            return
+        self._closing = True
+        self.up_deadline = _INF
+        transport.write_eof()
+        transport.resume_reading()
+        self.deadline = self._loop.time() + LINGER_S
+        self.deadline_kind = K_LINGER
 
     def _parse_failed(self, err: ProxyError) -> None:
         """The request stream is broken at this point: nothing after it is parsed."""
@@ -794,7 +848,10 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         kind = self.deadline_kind
         self.deadline = _INF
         self.deadline_kind = K_NONE
-        if kind in (K_IDLE, K_STALL):
+        if kind == K_LINGER:
+            if self.transport is not None:
+                self.transport.close()
+        elif kind in (K_IDLE, K_STALL):
             if kind == K_STALL and self._active is not None:
                 self._abandon(self._active, Outcome.CLIENT_ABORT)
             self._close()

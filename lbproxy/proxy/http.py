@@ -22,6 +22,7 @@ from lbproxy.proxy._http_py import (
     FRAME_LENGTH,
     FRAME_NONE,
     OK,
+    interim_head,
 )
 
 NATIVE = False
@@ -69,6 +70,7 @@ __all__ = [
     "HeadCollector",
     "analyse_request",
     "analyse_response",
+    "interim_head",
     "new_request_id",
     "valid_request_id",
 ]

@@ -23,6 +23,7 @@ from lbproxy.proxy.http import (
     OK,
     HeadCollector,
     analyse_response,
+    interim_head,
 )
 
 if TYPE_CHECKING:
@@ -239,13 +240,22 @@ class UpstreamConnection(HeadCollector, asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         """Validate and rewrite the response head, then send it to the client."""
+        if self._done:
+            # A second response in the same read: one request gets one response, or a
+            # pipelining client would take it as the answer to its next request
+            # (response splitting, RFC 9112 §9.3.2).
+            raise _BadResponse("bytes after a complete response")
         parser = self._parser
         status = parser.get_status_code()
         if status < 200:
             if status == 101:
                 raise _BadResponse("101 without an upgrade request")  # we never ask for one
-            # Interim responses are not relayed: the proxy sends its own single 100 Continue
-            # (RFC 9110 §15.2; a proxy may drop 1xx the client did not ask for).
+            # RFC 9110 §15.2: a proxy MUST forward 1xx responses (103 Early Hints, ...)
+            # except those it caused: the backend never sees Expect, and the proxy sends
+            # its own single 100 Continue. HTTP/1.0 clients get none (same section).
+            ex = self.ex
+            if status != 100 and ex is not None and ex.minor == 1:
+                self._out.append(interim_head(status, self.headers))
             self._interim = True
             self.headers = []
             self.header_bytes = 0

@@ -1,0 +1,143 @@
+"""Black-box conformance: fault scenarios against `lbproxy run`.
+
+Backpressure both ways (a client that stops reading, a backend that stops reading: the
+proxy's memory stays bounded), and shutdown: SIGTERM/SIGINT with idle keep-alive
+connections, an in-flight upload, and new connections during the drain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from blackbox import (
+    Backends,
+    Running,
+    curl,
+    exchange,
+    pattern,
+    proxy_running,
+    rss_bytes,
+    start_proxy,
+    toml_config,
+    wait_until,
+)
+
+pytestmark = pytest.mark.timeout(90)
+
+H = b"Host: example.test\r\n"
+GIB = 1 << 30
+# Growth allowed while gigabytes are pending: buffers, not the transfer.
+RSS_SLACK = 64 << 20
+
+
+@pytest.fixture(scope="module")
+def backends() -> Iterator[Backends]:
+    b = Backends(["main"])
+    yield b
+    b.close()
+
+
+def render_for(backends: Backends, drain: float = 10.0):  # type: ignore[no-untyped-def]
+    """A config renderer: every path to the recording backend."""
+    def render(port: int, admin_port: int) -> str:
+        return toml_config(port, admin_port, {"main": [backends["main"].address]},
+                           [{"path_prefix": "/", "cluster": "main"}],
+                           timeouts={"drain": drain, "upstream_idle": 30.0,
+                                     "client_body_idle": 3.0})
+    return render
+
+
+@pytest.fixture(scope="module")
+def proxy(backends: Backends, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    path = tmp_path_factory.mktemp("faults") / "lbproxy.toml"
+    with proxy_running(render_for(backends), path) as run:
+        yield run
+
+
+def test_client_that_stops_reading_a_download_keeps_memory_bounded(proxy) -> None:
+    pid = proxy.proxy.proc.pid
+    with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        s.sendall(b"GET /bytes/%d HTTP/1.1\r\n" % GIB + H + b"\r\n")
+        head = s.recv(65536)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        before = rss_bytes(pid)
+        time.sleep(2.0)  # the backend would push the whole GiB now if nothing held it back
+        grown = rss_bytes(pid) - before
+    assert grown < RSS_SLACK, f"proxy grew {grown >> 20} MiB for a client that reads nothing"
+
+
+def test_backend_that_stops_reading_an_upload_keeps_memory_bounded(proxy) -> None:
+    pid = proxy.proxy.proc.pid
+    before = rss_bytes(pid)
+    sent = 0
+    piece = b"u" * (1 << 20)
+    with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+        s.sendall(b"POST /stall HTTP/1.1\r\n" + H + b"Content-Length: %d\r\n\r\n" % GIB)
+        s.settimeout(1.0)
+        deadline = time.monotonic() + 20
+        while sent < 512 << 20 and time.monotonic() < deadline:
+            try:
+                sent += s.send(piece)
+            except TimeoutError:
+                break  # backpressure reached the client: nothing more is accepted
+        grown = rss_bytes(pid) - before
+    assert sent < 256 << 20, f"{sent >> 20} MiB accepted while the backend reads nothing"
+    assert grown < RSS_SLACK, f"proxy grew {grown >> 20} MiB holding an unread upload"
+
+
+def test_sigterm_closes_idle_keep_alive_connections_and_exits_0(backends, tmp_path) -> None:
+    run = start_proxy(render_for(backends, drain=30.0), tmp_path / "lbproxy.toml")
+    with socket.create_connection(("127.0.0.1", run.port)) as s:
+        s.sendall(b"GET /echo HTTP/1.1\r\n" + H + b"\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        start = time.monotonic()
+        rc = run.proxy.stop()
+        elapsed = time.monotonic() - start
+        s.settimeout(5)
+        assert s.recv(65536) == b"", "the idle keep-alive connection was not closed"
+    assert rc == 0, run.proxy.stderr()
+    assert elapsed < 5, "an idle keep-alive connection held the drain open"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_drains_an_in_flight_upload_then_exits_0(backends, tmp_path, sig) -> None:
+    run = start_proxy(render_for(backends), tmp_path / "lbproxy.toml")
+    body = pattern(8 << 20, "drain-upload")
+    results: list[bytes] = []
+    target = f"/echo/drain/{sig.name}"
+
+    def upload() -> None:
+        # --limit-rate keeps the upload in flight across the signal (about 2 s).
+        out = curl("-H", "Expect:", "--limit-rate", "4M", "--data-binary", "@-",
+                   f"{run.url}{target}", data=body)
+        results.append(out.stdout if out.returncode == 0 else out.stderr)
+
+    t = threading.Thread(target=upload)
+    t.start()
+    main = backends["main"]
+    try:
+        assert wait_until(lambda: any(target.encode() in bytes(c.raw) for c in main.conns), 5)
+        run.proxy.proc.send_signal(sig)
+        # The listener closes at once: a new connection is refused or gets no response.
+        time.sleep(0.2)
+        try:
+            late = exchange(run.port, b"GET /echo/late HTTP/1.1\r\n" + H + b"\r\n", wait=1)
+            assert not late.raw.startswith(b"HTTP/1.1 200"), late.raw
+        except ConnectionRefusedError:
+            pass
+        t.join(30)
+    finally:
+        rc = run.proxy.stop()
+    assert rc == 0, run.proxy.stderr()
+    assert results, "the upload did not finish"
+    doc = json.loads(results[0])
+    assert doc["body_len"] == len(body)
+    assert doc["body_sha256"] == hashlib.sha256(body).hexdigest()
