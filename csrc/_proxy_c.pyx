@@ -109,15 +109,10 @@ cdef class Exchange:
     cdef public bytes host, method, path, query, upstream_head
     cdef public list headers, pending
 
-    def __init__(
-        self,
-        ClientConnection conn,
-        snapshot: Snapshot,
-        method: bytes,
-        minor: int,
-        headers: list[tuple[bytes, bytes]],
-        analysed: tuple[int, bytes, bytes, bytes, int, int, int, bytes],
-    ) -> None:
+    @staticmethod
+    cdef Exchange new(ClientConnection conn, object snapshot, bytes method, int minor,
+                      list headers, tuple analysed):
+        cdef Exchange self = Exchange.__new__(Exchange)
         _, self.host, self.path, self.query, framing, clen, flags, self.upstream_head = analysed
         self.conn = conn
         self.snapshot = snapshot
@@ -142,6 +137,7 @@ cdef class Exchange:
         self.abandoned = False
         self.retried = False
         self.status = 0
+        return self
 
 
 @cython.final
@@ -149,7 +145,12 @@ cdef class ClientConnection(HeadCollector):
     """One client connection: parse, validate, route, relay; keep-alive and pipelining."""
 
 
-    cdef public object transport, _plane, _loop, _parser, _snap, _reject, _pending_error, _queue
+    cdef public object transport, _plane, _loop, _time, _parser, _snap, _reject, _pending_error, _queue
+    # the DataPlane's pools dict, read directly (no Python frame for plane.pool())
+    cdef dict _pools
+    # limits of the snapshot the last request head was parsed under: recomputed only
+    # when the controller swapped the snapshot, not per request
+    cdef object _lim_snap
     cdef public bytes _client_ip, _proto, _url, _held
     cdef public Py_ssize_t _head_raw, _begun, _head_limit, _raw_left
     cdef public Exchange _parsing, _active
@@ -160,6 +161,9 @@ cdef class ClientConnection(HeadCollector):
     def __init__(self, plane: DataPlane) -> None:
         self._plane = plane
         self._loop = plane.loop
+        self._time = self._loop.time
+        self._pools = plane._pools
+        self._lim_snap = None
         self._parser = RequestParser(self)
         self.transport: asyncio.Transport | None = None
         self._client_ip = b""
@@ -204,7 +208,7 @@ cdef class ClientConnection(HeadCollector):
         if self._plane.draining:
             self._close()
             return
-        self.deadline = self._loop.time() + self._snap.timeouts.client_idle
+        self.deadline = self._time() + self._snap.timeouts.client_idle
         self.deadline_kind = K_IDLE
 
     def data_received(self, data: bytes) -> None:
@@ -354,7 +358,7 @@ cdef class ClientConnection(HeadCollector):
             ex.up.transport.pause_reading()
         # A client that stops reading is on the client-idle clock, not the backend's.
         self._saved_deadline, self._saved_kind = self.deadline, self.deadline_kind
-        self.deadline = self._loop.time() + self._snap.timeouts.client_idle
+        self.deadline = self._time() + self._snap.timeouts.client_idle
         self.deadline_kind = K_STALL
         if self.up_kind == U_IDLE:
             self.up_deadline = _INF
@@ -369,7 +373,7 @@ cdef class ClientConnection(HeadCollector):
         if ex is not None and ex.up is not None and ex.up.transport is not None:
             ex.up.transport.resume_reading()
             if self.up_kind == U_IDLE:
-                self.up_deadline = self._loop.time() + ex.snapshot.timeouts.upstream_idle
+                self.up_deadline = self._time() + ex.snapshot.timeouts.upstream_idle
 
     # -- httptools callbacks (request) -----------------------------------------------
 
@@ -378,18 +382,21 @@ cdef class ClientConnection(HeadCollector):
         if self._closing or self._no_more:
             raise _Reject("connection is closing")
         snap = self._snap = self._plane.snapshot
-        lim = snap.limits
+        if snap is not self._lim_snap:
+            lim = snap.limits
+            self._lim_snap = snap
+            self.max_header_bytes = lim.max_header_bytes
+            self.max_headers = lim.max_headers
+            self._head_limit = (lim.max_request_line + lim.max_header_bytes
+                                + 4 * lim.max_headers + 4)
         self._url = b""
         self.headers = []
         self.header_bytes = 0
-        self.max_header_bytes = lim.max_header_bytes
-        self.max_headers = lim.max_headers
         self.in_head = True
         self._head_raw = 0
         self._begun += 1
-        self._head_limit = lim.max_request_line + lim.max_header_bytes + 4 * lim.max_headers + 4
         if self._active is None or self._active.body_done:
-            self.deadline = self._loop.time() + snap.timeouts.request_headers
+            self.deadline = self._time() + snap.timeouts.request_headers
             self.deadline_kind = K_HEAD
 
     def on_url(self, url: bytes) -> None:
@@ -437,7 +444,7 @@ cdef class ClientConnection(HeadCollector):
                 else errors.BAD_REQUEST
             )
             raise _Reject("invalid request head")
-        ex = Exchange(self, self._snap, method, minor, self.headers, analysed)
+        ex = Exchange.new(self, self._snap, method, minor, self.headers, analysed)
         self._parsing = ex
         if not ex.keep_alive:
             self._close_asked = True
@@ -466,7 +473,7 @@ cdef class ClientConnection(HeadCollector):
             self._body_too_large(ex)
             raise _Reject("body too large")
         if ex is self._active:
-            self.deadline = self._loop.time() + ex.snapshot.timeouts.client_body_idle
+            self.deadline = self._time() + ex.snapshot.timeouts.client_body_idle
             self.deadline_kind = K_BODY
         up = ex.up
         if up is not None:
@@ -511,7 +518,7 @@ cdef class ClientConnection(HeadCollector):
                 up.transport.write(CHUNK_END)
             up.request_complete()
             if not up.started:
-                self.up_deadline = self._loop.time() + ex.snapshot.timeouts.upstream_headers
+                self.up_deadline = self._time() + ex.snapshot.timeouts.upstream_headers
                 self.up_kind = U_HEADERS
         elif ex.pending is not None and ex.framing == FRAME_CHUNKED:
             ex.pending.append(CHUNK_END)
@@ -541,8 +548,12 @@ cdef class ClientConnection(HeadCollector):
             return
         ex.lease = gate
         backend = gate.backend
-        pool = ex.pool = plane.pool(backend.host, backend.port)
-        now = self._loop.time()
+        host, port = backend.host, backend.port
+        pool = self._pools.get((host, port))
+        if pool is None:
+            pool = plane.pool(host, port)
+        ex.pool = pool
+        now = self._time()
         self.up_deadline = now + snap.timeouts.connect
         self.up_kind = U_CONNECT
         if not ex.body_done and self.deadline_kind != K_HEAD:
@@ -567,7 +578,7 @@ cdef class ClientConnection(HeadCollector):
         if self._pause_bits & P_BUFFER:
             self._resume(P_BUFFER)
         if ex.body_done:
-            self.up_deadline = self._loop.time() + ex.snapshot.timeouts.upstream_headers
+            self.up_deadline = self._time() + ex.snapshot.timeouts.upstream_headers
             self.up_kind = U_HEADERS
         else:
             self.up_deadline = _INF
@@ -709,7 +720,7 @@ cdef class ClientConnection(HeadCollector):
         if self._plane.draining:
             self._close()
             return
-        self.deadline = self._loop.time() + self._snap.timeouts.client_idle
+        self.deadline = self._time() + self._snap.timeouts.client_idle
         self.deadline_kind = K_IDLE
 
     cdef void _local_reply(self, Exchange ex, err) except *:
@@ -752,7 +763,7 @@ cdef class ClientConnection(HeadCollector):
         self.up_deadline = _INF
         transport.write_eof()
         transport.resume_reading()
-        self.deadline = self._loop.time() + LINGER_S
+        self.deadline = self._time() + LINGER_S
         self.deadline_kind = K_LINGER
 
     cdef void _parse_failed(self, err) except *:
@@ -946,7 +957,7 @@ cdef class UpstreamConnection(HeadCollector):
             transport.pause_reading()
         transport.write(first)
 
-    def abort(self) -> None:
+    cpdef abort(self):
         """Drop the connection now (never reused): the exchange on it is abandoned."""
         self.ex = None
         self.client = None
@@ -1185,7 +1196,6 @@ cdef class UpstreamConnection(HeadCollector):
 cdef class UpstreamPool:
     """Keep-alive connections to one backend address (max connections, max idle, idle timeout)."""
 
-    __slots__ = ("_plane", "host", "idle", "loop", "port", "total", "waiters")
 
     cdef public object _plane, loop, host, port, waiters
     cdef public list idle
@@ -1243,7 +1253,7 @@ cdef class UpstreamPool:
             return
         conn.attach(ex, ex.conn.first_upstream_bytes(ex))
 
-    def release(self, UpstreamConnection conn) -> None:
+    cpdef release(self, UpstreamConnection conn):
         """Take back a connection whose last exchange ended cleanly."""
         cdef Exchange ex
         waiters = self.waiters
@@ -1263,7 +1273,7 @@ cdef class UpstreamPool:
         conn.idle_since = self.loop.time()
         self.idle.append(conn)
 
-    def lost(self, UpstreamConnection conn) -> None:
+    cpdef lost(self, UpstreamConnection conn):
         """A connection closed (either side): forget it; a queued exchange may connect now."""
         cdef Exchange ex
         self.total -= 1
