@@ -185,7 +185,8 @@ class AdminAPI:
             "weight": b.weight,
             "zone": b.zone,
             "state": c.state.state_of(b.address),
-            "healthy": True,  # until active health checks exist
+            "healthy": c.state.is_healthy(b.address),  # health check and ejection
+            "ejected": c.state.is_ejected(b.address),
             "inflight": self.inflight(cluster, b.address),
         }
 

@@ -46,7 +46,10 @@ FAILURE_PENALTY_NS = 1_000_000_000
 # Why a slot is not accepted by selection; any bit set → BackendLoad.set_accept(slot, False).
 REFUSE_DRAIN = 1  # an operator drained it (admin PATCH state=drain)
 REFUSE_REMOVED = 2  # it left the cluster; the slot waits for its in-flight to finish
-# Later: REFUSE_EJECTED (outlier detection), REFUSE_UNHEALTHY (active health checks).
+REFUSE_EJECTED = 4  # outlier detection ejected it (lbproxy/outlier.py)
+REFUSE_UNHEALTHY = 8  # its active health check fails (lbproxy/health.py)
+# Marks that panic routing may ignore; an operator's drain and removal are never ignored.
+HEALTH_BITS = REFUSE_EJECTED | REFUSE_UNHEALTHY
 
 
 @final
@@ -121,6 +124,13 @@ class ClusterState:
         self._free: list[int] = []  # heap of reusable slots, lowest first
         self._retiring: set[int] = set()  # removed slots still holding in-flight requests
         self._drained: set[str] = set()  # members an operator drained
+        # Ejection and health marks by address, kept like drain marks (while a member).
+        self._ejected: set[str] = set()
+        self._unhealthy: set[str] = set()
+        # Envoy's healthy_panic_threshold (percent): below it, HEALTH_BITS are ignored.
+        self.panic_threshold = 50.0
+        self.panicking = False
+        self.active = 0  # leases not yet ended, all backends (the circuit breaker reads it)
         # Plug-in points, empty for now; held here (not in Cluster) because they keep state.
         self.admission: tuple[AdmissionPolicy, ...] = ()
         self.observers: tuple[OutcomeObserver, ...] = ()
@@ -136,6 +146,8 @@ class ClusterState:
         self._drained &= wanted  # marks are kept for members only (and those joining now)
         for address in [a for a in self.slots if a not in wanted]:
             slot = self.slots.pop(address)  # its drain mark went above: re-added, it is active
+            self._ejected.discard(address)  # ... and healthy
+            self._unhealthy.discard(address)
             self._set_bits(slot, REFUSE_REMOVED, True)
             if self.load.inflight(slot) == 0:
                 self.addresses[slot] = None
@@ -146,6 +158,7 @@ class ClusterState:
         for address in addresses:
             known = self.slots.get(address)
             out.append(self._take_slot(address) if known is None else known)
+        self._refresh_accept()
         return out
 
     def _take_slot(self, address: str) -> int:
@@ -162,23 +175,77 @@ class ClusterState:
         self.addresses[slot] = address
         self.counters[slot] = BackendCounters()
         self._refuse[slot] = REFUSE_DRAIN if address in self._drained else 0
-        self.load.set_accept(slot, self._refuse[slot] == 0)
+        self.load.set_accept(slot, self._refuse[slot] == 0)  # assign() refreshes after
         self.slots[address] = slot
         return slot
 
     def _set_bits(self, slot: int, bits: int, on: bool) -> None:
         self._refuse[slot] = (self._refuse[slot] | bits) if on else (self._refuse[slot] & ~bits)
-        self.load.set_accept(slot, self._refuse[slot] == 0)
+        self._refresh_accept()
+
+    def _refresh_accept(self) -> None:
+        # Envoy's panic threshold (arch_overview/upstream/load_balancing/panic_threshold):
+        # when too few members are usable, health marks are disregarded so the failure of a
+        # few does not cascade onto the rest. Members an operator drained are out of the
+        # count and stay refused. O(members), run only when a mark changes, never per request.
+        eligible = usable = 0
+        for slot in self.slots.values():
+            bits = self._refuse[slot]
+            if not bits & ~HEALTH_BITS:
+                eligible += 1
+                usable += bits == 0
+        self.panicking = eligible > 0 and usable * 100 < self.panic_threshold * eligible
+        ignore = HEALTH_BITS if self.panicking else 0
+        for slot, address in enumerate(self.addresses):
+            if address is not None:
+                self.load.set_accept(slot, self._refuse[slot] & ~ignore == 0)
+
+    def set_panic_threshold(self, percent: float) -> None:
+        """Set the healthy-panic threshold (percent; 0 disables) and re-apply the marks."""
+        self.panic_threshold = percent
+        self._refresh_accept()
+
+    def _mark(self, marks: set[str], bit: int, address: str, on: bool) -> None:
+        if (address in marks) == on:
+            return  # unchanged (the set and the member's bit always agree)
+        if on:
+            marks.add(address)
+        else:
+            marks.discard(address)
+        slot = self.slots.get(address)
+        if slot is not None:
+            self._set_bits(slot, bit, on)
+
+    def set_ejected(self, address: str, ejected: bool) -> None:
+        """Mark a member ejected by outlier detection (or returned to service)."""
+        if address in self.slots:
+            self._mark(self._ejected, REFUSE_EJECTED, address, ejected)
+
+    def set_unhealthy(self, address: str, unhealthy: bool) -> None:
+        """Mark a member failing (or passing again) its active health check."""
+        if address in self.slots:
+            self._mark(self._unhealthy, REFUSE_UNHEALTHY, address, unhealthy)
+
+    def is_ejected(self, address: str) -> bool:
+        """Whether outlier detection has `address` ejected now."""
+        return address in self._ejected
+
+    def is_unhealthy(self, address: str) -> bool:
+        """Whether `address` fails its active health check now."""
+        return address in self._unhealthy
+
+    def is_healthy(self, address: str) -> bool:
+        """Neither failing its health check nor ejected (the admin API's `healthy`)."""
+        return address not in self._unhealthy and address not in self._ejected
+
+    @property
+    def ejected_count(self) -> int:
+        """How many members are ejected now (max_ejection_percent reads it)."""
+        return len(self._ejected)
 
     def set_drain(self, address: str, drain: bool) -> None:
         """Drain (or re-activate) a backend: a drained one is never picked for new requests."""
-        if drain:
-            self._drained.add(address)
-        else:
-            self._drained.discard(address)
-        slot = self.slots.get(address)
-        if slot is not None:
-            self._set_bits(slot, REFUSE_DRAIN, drain)
+        self._mark(self._drained, REFUSE_DRAIN, address, drain)
 
     def set_drained(self, addresses: Iterable[str]) -> None:
         """Make exactly `addresses` drained (a snapshot's drain marks, applied at build)."""
@@ -222,6 +289,7 @@ class Lease:
         if state is None:
             raise RuntimeError("Lease.end() called twice")
         self._state = None
+        state.active -= 1
         rtt = now_ns - self.started_ns
         c = self._counters
         # The histogram takes the real latency, before the failure penalty below.
@@ -295,6 +363,7 @@ class Cluster:
         if slot < 0:
             return NO_HEALTHY_BACKEND
         state.load.start(slot)
+        state.active += 1
         info = self._by_slot[slot]
         assert info is not None  # selectors only return slots they were built with
         state.counters[slot].requests += 1

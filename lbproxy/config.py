@@ -100,6 +100,36 @@ class Backend(_Base, frozen=True):
     zone: str = ""
 
 
+class OutlierDetection(_Base, frozen=True):
+    """Passive ejection on consecutive failures (Envoy's outlier_detection, same defaults)."""
+
+    enabled: bool = True  # on with no configuration (CONTRACT.md)
+    consecutive_5xx: int = 5  # 5xx responses and connect/reset/timeout failures in a row
+    consecutive_gateway_failure: int = 5  # 502/503/504 and connect/reset/timeout in a row
+    base_ejection_time: float = 30.0  # seconds; x the number of times ejected
+    max_ejection_time: float = 300.0  # cap on one ejection (seconds)
+    max_ejection_percent: float = 10.0  # at least one host may always be ejected
+    interval: float = 10.0  # the ejection multiplier drops by one per interval not ejected
+
+
+class HealthCheck(_Base, frozen=True):
+    """Active HTTP GET health checks; only clusters that configure one are checked."""
+
+    path: str
+    interval: float = 5.0  # seconds between probes of one backend
+    timeout: float = 1.0  # a probe with no status line by then failed
+    unhealthy_threshold: int = 3  # failed probes in a row before marking unhealthy
+    healthy_threshold: int = 2  # passed probes in a row before marking healthy again
+    expected_statuses: list[int | str] = msgspec.field(default_factory=lambda: ["200-399"])
+    host: str | None = None  # Host header; the backend's address when unset
+
+
+class CircuitBreaker(_Base, frozen=True):
+    """Envoy-style thresholds per cluster (not a state machine); 0 = unlimited."""
+
+    max_requests: int = 0  # requests in flight to the cluster at once (this process)
+
+
 class ClusterConfig(_Base, frozen=True):
     """A named pool of backends and the policy that picks among them."""
 
@@ -108,6 +138,12 @@ class ClusterConfig(_Base, frozen=True):
     table_size: int = DEFAULT_TABLE_SIZE  # Maglev lookup table size (prime)
     balance_factor: float = 1.25  # bounded-load cap c (Mirrokni et al. 2018); 0 disables
     seed: int = 0  # P2C's random stream; fixed so tests are deterministic
+    # Percent of backends that must be usable (not ejected or unhealthy) before those marks
+    # are ignored (Envoy's healthy_panic_threshold, default 50); 0 disables panic routing.
+    panic_threshold: float = 50.0
+    outlier_detection: OutlierDetection = msgspec.field(default_factory=OutlierDetection)
+    health_check: HealthCheck | None = None
+    circuit_breaker: CircuitBreaker = msgspec.field(default_factory=CircuitBreaker)
 
 
 class RouteConfig(_Base, frozen=True):
@@ -203,6 +239,7 @@ def validate_cluster(cl: ClusterConfig, base: str) -> list[tuple[str, str]]:
             errors.append((at("table_size"), "must be >= the number of backends"))
     if cl.balance_factor != 0 and cl.balance_factor < 1:
         errors.append((at("balance_factor"), "must be >= 1 (or 0 to disable)"))
+    errors += validate_resilience(cl, base)
     return errors
 
 
@@ -234,6 +271,63 @@ def _validate_hash_on(value: str) -> str | None:
         f"unknown hash_on {value!r}; expected one of "
         "path, path_regex:RE, header:NAME, query:NAME, cookie:NAME"
     )
+
+
+def parse_status_ranges(entries: list[int | str]) -> list[tuple[int, int]]:
+    """``[200, "300-399"]`` → inclusive ``(low, high)`` pairs; ValueError naming the entry."""
+    out = []
+    for entry in entries:
+        if isinstance(entry, int):
+            low = high = entry
+        else:
+            lo, sep, hi = entry.partition("-")
+            if not (lo.strip().isdigit() and (not sep or hi.strip().isdigit())):
+                raise ValueError(f"expected a status or 'LOW-HIGH', got {entry!r}")
+            low, high = int(lo), int(hi) if sep else int(lo)
+        if not 100 <= low <= high <= 599:
+            raise ValueError(f"statuses must be 100-599, low <= high; got {entry!r}")
+        out.append((low, high))
+    return out
+
+
+def validate_resilience(cl: ClusterConfig, base: str) -> list[tuple[str, str]]:
+    """Errors in a cluster's panic threshold, outlier detection, health check and breaker."""
+    errors: list[tuple[str, str]] = []
+
+    def need(ok: bool, field: str, msg: str) -> None:
+        if not ok:
+            errors.append((f"{base}.{field}" if base else field, msg))
+
+    need(0 <= cl.panic_threshold <= 100, "panic_threshold", "must be 0-100 (percent)")
+    od = cl.outlier_detection
+    for name in ("consecutive_5xx", "consecutive_gateway_failure"):
+        need(getattr(od, name) >= 1, f"outlier_detection.{name}", "must be >= 1")
+    for name in ("base_ejection_time", "max_ejection_time", "interval"):
+        need(getattr(od, name) > 0, f"outlier_detection.{name}", "must be > 0 (seconds)")
+    need(0 <= od.max_ejection_percent <= 100, "outlier_detection.max_ejection_percent",
+         "must be 0-100 (percent)")
+    hc = cl.health_check
+    if hc is not None:
+        need(hc.path.startswith("/"), "health_check.path", "must start with '/'")
+        need(hc.path.isascii() and hc.path.isprintable() and " " not in hc.path,
+             "health_check.path", "must be ASCII without spaces or control characters")
+        for name in ("interval", "timeout"):
+            need(getattr(hc, name) > 0, f"health_check.{name}", "must be > 0 (seconds)")
+        for name in ("unhealthy_threshold", "healthy_threshold"):
+            need(getattr(hc, name) >= 1, f"health_check.{name}", "must be >= 1")
+        need(bool(hc.expected_statuses), "health_check.expected_statuses",
+             "must list at least one status or range")
+        for i, entry in enumerate(hc.expected_statuses):
+            try:
+                parse_status_ranges([entry])
+            except ValueError as exc:
+                need(False, f"health_check.expected_statuses[{i}]", str(exc))
+        if hc.host is not None:
+            need(hc.host.isascii() and hc.host.isprintable() and bool(hc.host.strip()),
+                 "health_check.host", "must be a non-empty printable ASCII host")
+    need(cl.circuit_breaker.max_requests >= 0, "circuit_breaker.max_requests",
+         "must be >= 0 (0 = unlimited)")
+    return errors
 
 
 def validate(cfg: Config) -> list[tuple[str, str]]:

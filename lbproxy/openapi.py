@@ -87,11 +87,12 @@ SCHEMAS: dict[str, Any] = {
                 "properties": {"version": {"type": "integer"}}},
     "BackendView": {
         "type": "object",
-        "required": ["address", "weight", "zone", "state", "healthy", "inflight"],
+        "required": ["address", "weight", "zone", "state", "healthy", "ejected", "inflight"],
         "properties": {"address": {"type": "string"}, "weight": {"type": "integer"},
                        "zone": {"type": "string"},
                        "state": {"type": "string", "enum": ["drain", "active"]},
-                       "healthy": {"type": "boolean"}, "inflight": _COUNT},
+                       "healthy": {"type": "boolean"}, "ejected": {"type": "boolean"},
+                       "inflight": _COUNT},
     },
     "Clusters": {
         "type": "object", "required": ["clusters"],

@@ -35,7 +35,7 @@ from typing import Protocol
 import msgspec
 import uvloop
 
-from lbproxy import config, stats
+from lbproxy import config, resilience, stats
 from lbproxy.admin import AdminAPI
 from lbproxy.controller import Controller
 from lbproxy.snapshot import Snapshot
@@ -246,6 +246,7 @@ async def serve(cfg: config.Config, *, dataplane: DataPlaneFactory,
     admin_port = await _start_admin(admin, admin_host, admin_port)
     if config_path is not None:
         _install_reload(loop, controller, config_path)
+    upkeep = resilience.start(controller)  # health checks run where the data plane is
     try:
         await listener.start()
         admin.accepting = True
@@ -260,6 +261,7 @@ async def serve(cfg: config.Config, *, dataplane: DataPlaneFactory,
         admin.draining = True
         await listener.drain()
     finally:
+        await upkeep.stop()
         await admin.stop()
     log("stopped")
 
@@ -303,7 +305,8 @@ async def _report_loop(controller: Controller, deltas: stats.DeltaReporter) -> N
     while True:
         view = {name: {b.address: c.state.inflight(b.address) for b in c.backends}
                 for name, c in controller.snapshot.clusters.items()}
-        line = json.dumps({"event": "inflight", "clusters": view})
+        line = json.dumps({"event": "inflight", "clusters": view,
+                           "marks": resilience.marks_view(controller.snapshot)})
         if line != last:
             _emit_line(line)
             last = line
@@ -354,6 +357,7 @@ async def _worker(cfg: config.Config, version: int, drained: dict[str, list[str]
     controller = Controller(cfg, version, drained)
     listener = Listener(cfg, controller.snapshot, dataplane, port)
     controller.sinks.append(_assign(listener.dataplane))
+    upkeep = resilience.start(controller)  # each worker checks its own ClusterStates
     # Later configs arrive on stdin; its EOF means an orphan, which must not keep serving.
     pipe, _ = await loop.connect_read_pipe(lambda: _SupervisorPipe(stop, controller), sys.stdin)
     await listener.start()
@@ -364,6 +368,7 @@ async def _worker(cfg: config.Config, version: int, drained: dict[str, list[str]
     reporter = asyncio.create_task(_report_loop(controller, deltas))
     await stop.wait()
     await listener.drain()
+    await upkeep.stop()
     reporter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await reporter
@@ -405,6 +410,7 @@ class _WorkerProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.ready = asyncio.Event()
         self.inflight: dict[str, dict[str, int]] = {}
+        self.marks: resilience.MarksView = {}  # its unhealthy/ejected backends
         self.version = 0  # the snapshot version it last said it applied
         self._on_stats = on_stats
 
@@ -413,6 +419,7 @@ class _WorkerProcess:
         """Start the process and hand it the config line in force once it exists."""
         self.ready.clear()
         self.inflight = {}
+        self.marks = {}
         self.version = 0
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "lbproxy.server",
@@ -446,6 +453,7 @@ class _WorkerProcess:
                 self.version = msg["version"]
             elif event == "inflight":
                 self.inflight = msg["clusters"]
+                self.marks = msg.get("marks", {})
             elif event == "stats":
                 self._on_stats(msg["clusters"])
 
@@ -560,9 +568,11 @@ async def _all_ready(procs: list[_WorkerProcess]) -> None:
 
 
 async def _track_readiness(procs: list[_WorkerProcess], admin: AdminAPI) -> None:
-    # /ready is 200 only while every worker is accepting (a restarting one flips it to 503).
+    # /ready is 200 only while every worker is accepting (a restarting one flips it to 503);
+    # the workers' health and ejection marks are mirrored for /clusters on the same beat.
     while True:
         admin.accepting = all(p.ready.is_set() for p in procs)
+        resilience.mirror_marks(admin.snapshot, [p.marks for p in procs])
         await asyncio.sleep(REPORT_INTERVAL_S)
 
 

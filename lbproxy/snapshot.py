@@ -15,6 +15,7 @@ from typing import final
 
 from lbproxy.cluster import Cluster, ClusterState
 from lbproxy.config import Config, Limits, Timeouts, Upstream
+from lbproxy.resilience import install
 from lbproxy.routing import Route, Router
 
 
@@ -57,6 +58,7 @@ def build_snapshot(cfg: Config, states: dict[str, ClusterState] | None = None,
         if drained is not None:
             state.set_drained(drained.get(name, ()))
         clusters[name] = Cluster(name, cc, state)  # assign() forgets non-members' marks
+        install(state, cc)  # breaker, outlier detection, panic threshold
     routes = [
         Route.from_config(rc, clusters[rc.cluster], cfg.limits.max_body_bytes)
         for rc in cfg.routes

@@ -510,11 +510,22 @@ def proxy_running(render: Callable[[int, int], str], path: Path) -> Iterator[Run
         assert rc == 0, run.proxy.stderr()
 
 
+def toml_value(value: object) -> str:
+    """A TOML literal for a str, number, bool, list or (inline-table) dict."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}"
+                                for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(value)  # strings, numbers and booleans are spelled alike
+
+
 def toml_config(port: int, admin_port: int, clusters: dict[str, list[str]],
                 routes: list[dict[str, object]], *, policies: dict[str, str] | None = None,
                 timeouts: dict[str, float] | None = None,
-                limits: dict[str, int] | None = None) -> str:
-    """A TOML config: clusters by name (round_robin unless `policies` says), routes in order."""
+                limits: dict[str, int] | None = None, cluster_extra: str = "") -> str:
+    """A TOML config: clusters by name (round_robin unless `policies` says), routes in order;
+    `cluster_extra` (TOML lines) is added to every cluster's table."""
     out = [
         f'[listener]\nbind = "127.0.0.1:{port}"\n',
         f'[admin]\nbind = "127.0.0.1:{admin_port}"\n',
@@ -526,10 +537,11 @@ def toml_config(port: int, admin_port: int, clusters: dict[str, list[str]],
             out.append("")
     for name, backends in clusters.items():
         policy = (policies or {}).get(name, "round_robin")
-        out.append(f'[clusters.{name}]\npolicy = "{policy}"\nbackends = {json.dumps(backends)}\n')
+        out.append(f'[clusters.{name}]\npolicy = "{policy}"\nbackends = {json.dumps(backends)}\n'
+                   f"{cluster_extra}")
     for r in routes:
         out.append("[[routes]]")
-        out += [f"{k} = {json.dumps(v)}" for k, v in r.items()]
+        out += [f"{k} = {toml_value(v)}" for k, v in r.items()]
         out.append("")
     return "\n".join(out)
 

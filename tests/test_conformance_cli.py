@@ -262,16 +262,19 @@ def ready_status(admin_port: int) -> int | None:
         return None
 
 
-def test_sigterm_drains_an_in_flight_request_then_exits_0(tmp_path, backends) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_drains_an_in_flight_request_then_exits_0(tmp_path, backends, workers) -> None:
     run = start_proxy(lambda p, a: contract_file("toml", backends, p, a),
-                      tmp_path / "lbproxy.toml")
+                      tmp_path / "lbproxy.toml", workers=workers)
     proxy: Proxy = run.proxy
+    assert wait_until(lambda: ready_status(run.admin_port) == 200, 20)
     result: list[tuple[int, dict[str, str], bytes]] = []
-    client = threading.Thread(target=lambda: result.append(get(run.port, "/slow/1.5")))
+    target = f"/slow/1.5?w{workers}"
+    client = threading.Thread(target=lambda: result.append(get(run.port, target)))
     all_seg = [backends[n] for n in ("9001", "9002", "9003")]
     client.start()
     try:
-        assert wait_until(lambda: any(b"/slow/1.5" in bytes(c.raw)
+        assert wait_until(lambda: any(target.encode() in bytes(c.raw)
                                       for b in all_seg for c in b.conns), 5)
         proxy.proc.send_signal(15)
         # While draining, readiness goes 503 (or the admin API is already gone).
@@ -282,7 +285,7 @@ def test_sigterm_drains_an_in_flight_request_then_exits_0(tmp_path, backends) ->
         rc = proxy.stop()
     assert rc == 0, proxy.stderr()
     assert result and result[0][0] == 200, proxy.stderr()
-    assert json.loads(result[0][2])["target"] == "/slow/1.5"
+    assert json.loads(result[0][2])["target"] == target
 
 
 def test_clusters_counts_an_in_flight_request(tmp_path, backends) -> None:

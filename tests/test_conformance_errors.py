@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import socket
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 
@@ -24,6 +26,7 @@ from blackbox import (
     closed_port,
     curl,
     exchange,
+    parse_one,
     proxy_running,
     toml_config,
     wait_until,
@@ -58,6 +61,9 @@ def proxy(backends: Backends, tmp_path_factory: pytest.TempPathFactory) -> Itera
             timeouts={"request_headers": 1.0, "client_body_idle": 1.0, "connect": 1.0,
                       "upstream_headers": 1.0, "upstream_idle": 3.0},
             limits={"max_request_line": 4096, "max_header_bytes": 16384, "max_headers": 50},
+            # This module makes its one backend fail on purpose, many times and in any
+            # order; passive ejection would turn later answers into 503s.
+            cluster_extra="outlier_detection = { enabled = false }\n",
         )
 
     with proxy_running(render, tmp_path_factory.mktemp("errors") / "lbproxy.toml") as run:
@@ -356,34 +362,30 @@ def test_unknown_expectation_is_417_and_nothing_forwarded(proxy, backends) -> No
                                   b"hello"), 417)
 
 
-def test_503_with_retry_after_when_no_backend_is_acceptable(proxy, backends) -> None:
-    import json
-    import urllib.error
-    import urllib.request
+def admin_patch(proxy: Running, cluster: str, address: str, doc: dict[str, object]) -> int:
+    """PATCH /clusters/{cluster}/backends/{address} on the admin API; the status."""
+    url = f"{proxy.admin_url}/clusters/{cluster}/backends/{address}"
+    request = urllib.request.Request(url, data=json.dumps(doc).encode(), method="PATCH",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        return resp.status
 
-    url = f"{proxy.admin_url}/clusters/main/backends/{backends['main'].address}"
-    patch = urllib.request.Request(url, data=json.dumps({"state": "drain"}).encode(),
-                                   method="PATCH",
-                                   headers={"Content-Type": "application/json"})
-    try:
-        urllib.request.urlopen(patch, timeout=5).close()
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        if exc.code in (404, 405):
-            pytest.skip("no black-box way to empty a cluster yet: the admin API has no "
-                        "PATCH /clusters/{name}/backends/{address} and no health checks")
-        raise
+
+def test_503_with_retry_after_when_no_backend_is_acceptable(proxy, backends) -> None:
+    # The only backend drained through the admin API: the cluster gate refuses.
+    address = backends["main"].address
+    assert admin_patch(proxy, "main", address, {"state": "drain"}) == 200
     try:
         before = settled_bytes(backends)
         reply = exchange(proxy.port, b"GET /echo HTTP/1.1\r\n" + H + b"\r\n")
         resp = assert_proxy_error(reply, 503)
         assert (resp.header("retry-after") or "").isdigit()
+        assert int(resp.header("retry-after") or 0) >= 1
         assert backends.total_bytes() == before
     finally:
-        active = urllib.request.Request(url, data=json.dumps({"state": "active"}).encode(),
-                                        method="PATCH",
-                                        headers={"Content-Type": "application/json"})
-        urllib.request.urlopen(active, timeout=5).close()
+        assert admin_patch(proxy, "main", address, {"state": "active"}) == 200
+    ok = exchange(proxy.port, b"GET /echo HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+    assert ok.first.status == 200
 
 
 @pytest.mark.parametrize("expect", ["", "100-continue"])
@@ -551,3 +553,30 @@ def test_oversized_chunked_upload_from_curl_gets_the_413(proxy, backends) -> Non
                data=b"c" * (4 << 20))
     assert out.stdout == b"413", out.stderr
     assert len(main.requests()) == before, "a complete request reached the backend"
+
+
+def test_head_to_no_route_gets_a_bodiless_404_and_the_connection_stays_usable(proxy) -> None:
+    # RFC 9110 §9.3.2: a response to HEAD has no content. The 404 keeps the connection,
+    # so a body here would be read as the start of the next response.
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    try:
+        conn.request("HEAD", "/nothing-here")
+        resp = conn.getresponse()
+        assert resp.status == 404 and resp.getheader("X-Lbproxy-Error") == "no_route"
+        assert resp.read() == b""
+        conn.request("GET", "/echo/after-head")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert json.loads(resp.read())["target"] == "/echo/after-head"
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(("path", "status"), [(b"/dead", 502), (b"/never", 504),
+                                              (b"/nothing-here", 404)])
+def test_proxy_errors_to_head_have_no_body(proxy, path, status) -> None:
+    reply = exchange(proxy.port, b"HEAD " + path + b" HTTP/1.1\r\n" + H
+                     + b"Connection: close\r\n\r\n", wait=5)
+    resp, rest = parse_one(reply.raw, no_body=True)
+    assert resp is not None and resp.status == status and resp.header("x-lbproxy-error")
+    assert rest == b"" and reply.closed

@@ -13,12 +13,15 @@ import signal
 import socket
 import threading
 import time
+import urllib.request
+import uuid
 from collections.abc import Iterator
 
 import pytest
 from blackbox import (
     Backends,
     Running,
+    closed_port,
     curl,
     exchange,
     pattern,
@@ -141,3 +144,50 @@ def test_signal_drains_an_in_flight_upload_then_exits_0(backends, tmp_path, sig)
     doc = json.loads(results[0])
     assert doc["body_len"] == len(body)
     assert doc["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_response_in_flight_during_drain_says_connection_close(backends, tmp_path) -> None:
+    run = start_proxy(render_for(backends), tmp_path / "lbproxy.toml")
+    replies = []
+    target = b"/slow/1.0?" + uuid.uuid4().hex.encode()
+    client = threading.Thread(target=lambda: replies.append(
+        exchange(run.port, b"GET " + target + b" HTTP/1.1\r\n" + H + b"\r\n", wait=10)))
+    try:
+        client.start()
+        main = backends["main"]
+        assert wait_until(lambda: any(target in bytes(c.raw) for c in main.conns), 5)
+        run.proxy.proc.send_signal(signal.SIGTERM)
+        client.join(15)
+    finally:
+        rc = run.proxy.stop()
+    assert rc == 0, run.proxy.stderr()
+    (reply,) = replies
+    assert reply.first.status == 200
+    assert "close" in reply.first.tokens("connection") and reply.closed
+
+
+def test_a_dead_backend_is_ejected_without_configuration(backends, tmp_path) -> None:
+    # CONTRACT: passive outlier detection needs no configuration. Round robin over a live
+    # backend and a closed port: a few 502s, then the dead one is ejected.
+    def render(port: int, admin_port: int) -> str:
+        return toml_config(port, admin_port,
+                           {"pair": [backends["main"].address, f"127.0.0.1:{closed_port()}"]},
+                           [{"path_prefix": "/", "cluster": "pair"}])
+
+    run = start_proxy(render, tmp_path / "lbproxy.toml")
+    try:
+        statuses = []
+        for i in range(30):
+            reply = exchange(run.port, b"GET /echo/%d HTTP/1.1\r\n" % i + H
+                             + b"Connection: close\r\n\r\n")
+            statuses.append(reply.first.status)
+        with urllib.request.urlopen(f"{run.admin_url}/clusters", timeout=5) as resp:
+            view = json.loads(resp.read())["clusters"]["pair"]["backends"]
+    finally:
+        rc = run.proxy.stop()
+    assert rc == 0, run.proxy.stderr()
+    assert set(statuses) <= {200, 502}
+    assert 1 <= statuses.count(502) <= 10, statuses
+    assert statuses[-10:] == [200] * 10, statuses
+    dead = next(b for b in view if b["address"] != backends["main"].address)
+    assert dead["healthy"] is False, view

@@ -54,9 +54,18 @@ def proxy(backends: Backends, tmp_path_factory: pytest.TempPathFactory) -> Itera
             {"main": [backends["main"].address],
              "videos": [backends[n].address for n in VIDEO_BACKENDS]},
             [{"path_prefix": "/v/", "cluster": "videos", "hash_on": "path_regex:^/v/([^/]+)/"},
+             {"path_prefix": "/r/", "cluster": "videos", "host": "special.test"},
+             {"path_prefix": "/r/", "cluster": "videos", "methods": ["PUT"]},
+             {"path_prefix": "/r/", "cluster": "videos", "headers": {"x-tenant": "blue"}},
+             {"path_prefix": "/q/", "cluster": "videos", "hash_on": "query:video"},
+             {"path_prefix": "/h/", "cluster": "videos", "hash_on": "header:x-video"},
+             {"path_prefix": "/c/", "cluster": "videos", "hash_on": "cookie:vid"},
              {"path_prefix": "/", "cluster": "main"}],
             policies={"videos": "maglev"},
             timeouts={"upstream_idle": 5.0},
+            # Some tests make "main" fail on purpose; passive ejection must not make the
+            # outcome of later tests depend on their order.
+            cluster_extra="outlier_detection = { enabled = false }\n",
         )
 
     with proxy_running(render, tmp_path_factory.mktemp("protocol") / "lbproxy.toml") as run:
@@ -590,3 +599,53 @@ def test_pipelined_upload_behind_a_slow_response_is_held_then_forwarded(proxy) -
     doc = json.loads(second.body)
     assert doc["target"] == "/echo/held" and doc["body_len"] == len(body)
     assert doc["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_several_x_forwarded_for_fields_become_one_list(proxy) -> None:
+    doc = echo(proxy, b"X-Forwarded-For: 192.0.2.1\r\nX-Forwarded-For: 198.51.100.2, "
+               b"203.0.113.3\r\n")
+    assert seen(doc, "x-forwarded-for") == ["192.0.2.1, 198.51.100.2, 203.0.113.3, 127.0.0.1"]
+
+
+def test_upgrade_request_is_answered_as_plain_http_then_closed(proxy) -> None:
+    # The proxy does not tunnel (no 101): the request goes on without Upgrade, and since
+    # the client may start speaking the new protocol, nothing after it is parsed.
+    reply = exchange(proxy.port, b"GET /echo/ws HTTP/1.1\r\n" + H + b"Connection: Upgrade\r\n"
+                     b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                     b"\x81\x05hello")
+    resp = reply.first
+    assert resp.status == 200 and reply.closed
+    doc = json.loads(resp.body)
+    assert doc["target"] == "/echo/ws" and not seen(doc, "upgrade")
+    assert len(reply.responses()) == 1
+
+
+@pytest.mark.parametrize(("head", "cluster"), [
+    (b"GET /r/x HTTP/1.1\r\nHost: special.test\r\n", "videos"),
+    (b"GET /r/x HTTP/1.1\r\nHost: SPECIAL.test:8080\r\n", "videos"),  # RFC 9110 §4.2.3
+    (b"GET http://special.test/r/x HTTP/1.1\r\nHost: other.test\r\n", "videos"),
+    (b"PUT /r/x HTTP/1.1\r\n" + H + b"Content-Length: 0\r\n", "videos"),
+    (b"GET /r/x HTTP/1.1\r\n" + H + b"X-Tenant: blue\r\n", "videos"),
+    (b"GET /r/x HTTP/1.1\r\n" + H + b"X-Tenant: red\r\n", "main"),
+    (b"GET /r/x HTTP/1.1\r\n" + H, "main"),
+])
+def test_routes_match_on_host_method_and_headers_first_match_wins(proxy, head, cluster) -> None:
+    reply = exchange(proxy.port, head + b"Connection: close\r\n\r\n")
+    backend = json.loads(reply.first.body)["backend"]
+    assert (backend in VIDEO_BACKENDS) == (cluster == "videos"), backend
+
+
+@pytest.mark.parametrize(("prefix", "header"), [
+    (b"/q/seg?video=", None), (b"/h/seg", b"X-Video: "), (b"/c/seg", b"Cookie: a=1; vid=")])
+def test_hash_on_query_header_and_cookie_keeps_a_video_on_one_backend(proxy, prefix,
+                                                                      header) -> None:
+    placement: dict[int, set[str]] = {}
+    for video in range(12):
+        for seg in range(3):
+            value = b"vid%d" % video
+            target = prefix + value + b"&s=%d" % seg if header is None else prefix + b"/%d" % seg
+            extra = b"" if header is None else header + value + b"\r\n"
+            doc = echo(proxy, extra, target=target)
+            placement.setdefault(video, set()).add(doc["backend"])
+    assert all(len(b) == 1 for b in placement.values()), placement
+    assert len({next(iter(b)) for b in placement.values()}) >= 2, "12 keys on one backend"

@@ -741,24 +741,26 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         if err is errors.NO_ROUTE and not self.may_keep_alive(ex):
             err = errors.NO_ROUTE_CLOSE
         if err.close:
-            self._send_error(err)
+            self._send_error(err, ex.head_request)
             return
         assert self.transport is not None
-        self.transport.write(err.wire)
+        # RFC 9110 §9.3.2: no content in a response to HEAD, or the client, which reads
+        # none, takes the body for the start of its next response.
+        self.transport.write(err.head_wire if ex.head_request else err.wire)
         self._next()
 
     def _fail(self, ex: Exchange, err: ProxyError) -> None:
         """Answer an exchange whose upstream side failed before a response head."""
         self._finish(ex)
         ex.abandoned = True
-        self._send_error(err)
+        self._send_error(err, ex.head_request)
 
-    def _send_error(self, err: ProxyError) -> None:
+    def _send_error(self, err: ProxyError, head_only: bool = False) -> None:
         """Write a (Connection: close) error response, half-close, and linger."""
         if self._closing:
             return
         assert self.transport is not None
-        self.transport.write(err.wire)
+        self.transport.write(err.head_wire if head_only else err.wire)
         self._linger()
 
     def _linger(self) -> None:
@@ -892,4 +894,4 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
             if self.transport is not None:
                 self.transport.abort()
         else:
-            self._send_error(errors.BACKEND_TIMEOUT)
+            self._send_error(errors.BACKEND_TIMEOUT, ex.head_request)

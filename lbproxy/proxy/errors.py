@@ -17,6 +17,7 @@ class ProxyError(NamedTuple):
     reason: str
     close: bool
     wire: bytes  # full response, Content-Length framed; precomputed once at import
+    head_wire: bytes  # the same without its body: the answer to a HEAD request
 
 
 _PHRASES: Final = {
@@ -49,7 +50,7 @@ def _build(status: int, code: str, reason: str, close: bool, retry_after: int = 
     if close:
         lines.append("Connection: close")
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
-    return ProxyError(status, code, reason, close, head + body)
+    return ProxyError(status, code, reason, close, head + body, head)
 
 
 # Anything rejected before the request body was consumed closes the connection: the unread
