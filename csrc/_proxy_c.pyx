@@ -730,24 +730,26 @@ cdef class ClientConnection(HeadCollector):
         if err is errors.NO_ROUTE and not self.may_keep_alive(ex):
             err = errors.NO_ROUTE_CLOSE
         if err.close:
-            self._send_error(err)
+            self._send_error(err, ex.head_request)
             return
         assert self.transport is not None
-        self.transport.write(err.wire)
+        # RFC 9110 §9.3.2: no content in a response to HEAD, or the client, which reads
+        # none, takes the body for the start of its next response.
+        self.transport.write(err.head_wire if ex.head_request else err.wire)
         self._next()
 
     cdef void _fail(self, Exchange ex, err) except *:
         """Answer an exchange whose upstream side failed before a response head."""
         self._finish(ex)
         ex.abandoned = True
-        self._send_error(err)
+        self._send_error(err, ex.head_request)
 
-    cdef void _send_error(self, err) except *:
+    cdef void _send_error(self, err, bint head_only=False) except *:
         """Write a (Connection: close) error response, half-close, and linger."""
         if self._closing:
             return
         assert self.transport is not None
-        self.transport.write(err.wire)
+        self.transport.write(err.head_wire if head_only else err.wire)
         self._linger()
 
     cdef void _linger(self) except *:
@@ -884,7 +886,7 @@ cdef class ClientConnection(HeadCollector):
             if self.transport is not None:
                 self.transport.abort()
         else:
-            self._send_error(errors.BACKEND_TIMEOUT)
+            self._send_error(errors.BACKEND_TIMEOUT, ex.head_request)
 
 
 class _BadResponse(Exception):
