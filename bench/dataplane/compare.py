@@ -178,7 +178,8 @@ def main() -> int:
         for size in sizes:
             h = statistics.median(table[("haproxy", size)])
             lb = statistics.median(table[("lbproxy", size)])
-            print(f"{size:>6} B  haproxy {h:>9.0f}  lbproxy {lb:>9.0f}  ratio {lb / h:.2f}")
+            fmt = ".1f" if title == "p99 ms" else ".0f"  # latency in ms wants a decimal
+            print(f"{size:>6} B  haproxy {h:>9{fmt}}  lbproxy {lb:>9{fmt}}  ratio {lb / h:.2f}")
     return 0
 
 
