@@ -108,11 +108,18 @@ cdef class Exchange:
     cdef public object connect_task, lease, snapshot
     cdef public bytes host, method, path, query, upstream_head
     cdef public list headers, pending
+    # its snapshot's timeouts (s), copied from the connection's per-snapshot cache
+    cdef double t_connect, t_client_body_idle, t_upstream_headers, t_upstream_idle
 
     @staticmethod
     cdef Exchange new(ClientConnection conn, object snapshot, bytes method, int minor,
                       list headers, tuple analysed):
         cdef Exchange self = Exchange.__new__(Exchange)
+        # `snapshot` is conn._snap, whose timeouts conn cached when it read it
+        self.t_connect = conn._t_connect
+        self.t_client_body_idle = conn._t_client_body_idle
+        self.t_upstream_headers = conn._t_upstream_headers
+        self.t_upstream_idle = conn._t_upstream_idle
         _, self.host, self.path, self.query, framing, clen, flags, self.upstream_head = analysed
         self.conn = conn
         self.snapshot = snapshot
@@ -151,6 +158,11 @@ cdef class ClientConnection(HeadCollector):
     # limits of the snapshot the last request head was parsed under: recomputed only
     # when the controller swapped the snapshot, not per request
     cdef object _lim_snap
+    # `_snap`'s limits and timeouts as C values, refreshed whenever `_snap` is assigned
+    # (only in __init__ and on_message_begin), so a request reads no msgspec attributes
+    cdef Py_ssize_t _max_request_line
+    cdef double _t_request_headers, _t_client_body_idle, _t_client_idle
+    cdef double _t_connect, _t_upstream_headers, _t_upstream_idle
     cdef public bytes _client_ip, _proto, _url, _held
     cdef public Py_ssize_t _head_raw, _begun, _head_limit, _raw_left
     cdef public Exchange _parsing, _active
@@ -194,6 +206,8 @@ cdef class ClientConnection(HeadCollector):
         # loop time of the last byte from the backend; the ticker turns it into the idle
         # deadline, so a body chunk costs one clock read and no deadline arithmetic
         self.up_last = 0.0
+        # last, so nothing above resets what it caches (_head_limit among them)
+        self._cache_snapshot(self._snap)
 
     # -- asyncio.Protocol: client transport ------------------------------------------
 
@@ -208,7 +222,7 @@ cdef class ClientConnection(HeadCollector):
         if self._plane.draining:
             self._close()
             return
-        self.deadline = self._time() + self._snap.timeouts.client_idle
+        self.deadline = self._time() + self._t_client_idle
         self.deadline_kind = K_IDLE
 
     def data_received(self, data: bytes) -> None:
@@ -358,7 +372,7 @@ cdef class ClientConnection(HeadCollector):
             ex.up.transport.pause_reading()
         # A client that stops reading is on the client-idle clock, not the backend's.
         self._saved_deadline, self._saved_kind = self.deadline, self.deadline_kind
-        self.deadline = self._time() + self._snap.timeouts.client_idle
+        self.deadline = self._time() + self._t_client_idle
         self.deadline_kind = K_STALL
         if self.up_kind == U_IDLE:
             self.up_deadline = _INF
@@ -373,7 +387,7 @@ cdef class ClientConnection(HeadCollector):
         if ex is not None and ex.up is not None and ex.up.transport is not None:
             ex.up.transport.resume_reading()
             if self.up_kind == U_IDLE:
-                self.up_deadline = self._time() + ex.snapshot.timeouts.upstream_idle
+                self.up_deadline = self._time() + ex.t_upstream_idle
 
     # -- httptools callbacks (request) -----------------------------------------------
 
@@ -383,12 +397,7 @@ cdef class ClientConnection(HeadCollector):
             raise _Reject("connection is closing")
         snap = self._snap = self._plane.snapshot
         if snap is not self._lim_snap:
-            lim = snap.limits
-            self._lim_snap = snap
-            self.max_header_bytes = lim.max_header_bytes
-            self.max_headers = lim.max_headers
-            self._head_limit = (lim.max_request_line + lim.max_header_bytes
-                                + 4 * lim.max_headers + 4)
+            self._cache_snapshot(snap)
         self._url = b""
         self.headers = []
         self.header_bytes = 0
@@ -396,13 +405,28 @@ cdef class ClientConnection(HeadCollector):
         self._head_raw = 0
         self._begun += 1
         if self._active is None or self._active.body_done:
-            self.deadline = self._time() + snap.timeouts.request_headers
+            self.deadline = self._time() + self._t_request_headers
             self.deadline_kind = K_HEAD
+
+    cdef void _cache_snapshot(self, snap) except *:
+        lim = snap.limits
+        t = snap.timeouts
+        self._lim_snap = snap
+        self.max_header_bytes = lim.max_header_bytes
+        self.max_headers = lim.max_headers
+        self._max_request_line = lim.max_request_line
+        self._head_limit = lim.max_request_line + lim.max_header_bytes + 4 * lim.max_headers + 4
+        self._t_request_headers = t.request_headers
+        self._t_client_body_idle = t.client_body_idle
+        self._t_client_idle = t.client_idle
+        self._t_connect = t.connect
+        self._t_upstream_headers = t.upstream_headers
+        self._t_upstream_idle = t.upstream_idle
 
     def on_url(self, url: bytes) -> None:
         """Collect the request target (it may arrive in pieces)."""
         self._url += url
-        if len(self._url) > self._snap.limits.max_request_line:
+        if len(self._url) > self._max_request_line:
             self._reject = errors.URI_TOO_LONG
             raise _Reject("request line too long")
 
@@ -428,7 +452,7 @@ cdef class ClientConnection(HeadCollector):
         if method == b"CONNECT":
             self._reject = errors.UNSUPPORTED_METHOD
             raise _Reject("CONNECT")
-        if len(self._url) + len(method) + 10 > self._snap.limits.max_request_line:
+        if len(self._url) + len(method) + 10 > self._max_request_line:
             self._reject = errors.URI_TOO_LONG
             raise _Reject("request line too long")
         analysed = analyse_request(
@@ -473,7 +497,7 @@ cdef class ClientConnection(HeadCollector):
             self._body_too_large(ex)
             raise _Reject("body too large")
         if ex is self._active:
-            self.deadline = self._time() + ex.snapshot.timeouts.client_body_idle
+            self.deadline = self._time() + ex.t_client_body_idle
             self.deadline_kind = K_BODY
         up = ex.up
         if up is not None:
@@ -518,7 +542,7 @@ cdef class ClientConnection(HeadCollector):
                 up.transport.write(CHUNK_END)
             up.request_complete()
             if not up.started:
-                self.up_deadline = self._time() + ex.snapshot.timeouts.upstream_headers
+                self.up_deadline = self._time() + ex.t_upstream_headers
                 self.up_kind = U_HEADERS
         elif ex.pending is not None and ex.framing == FRAME_CHUNKED:
             ex.pending.append(CHUNK_END)
@@ -554,10 +578,10 @@ cdef class ClientConnection(HeadCollector):
             pool = plane.pool(host, port)
         ex.pool = pool
         now = self._time()
-        self.up_deadline = now + snap.timeouts.connect
+        self.up_deadline = now + ex.t_connect
         self.up_kind = U_CONNECT
         if not ex.body_done and self.deadline_kind != K_HEAD:
-            self.deadline = now + snap.timeouts.client_body_idle
+            self.deadline = now + ex.t_client_body_idle
             self.deadline_kind = K_BODY
         pool.acquire(ex)
 
@@ -578,7 +602,7 @@ cdef class ClientConnection(HeadCollector):
         if self._pause_bits & P_BUFFER:
             self._resume(P_BUFFER)
         if ex.body_done:
-            self.up_deadline = self._time() + ex.snapshot.timeouts.upstream_headers
+            self.up_deadline = self._time() + ex.t_upstream_headers
             self.up_kind = U_HEADERS
         else:
             self.up_deadline = _INF
@@ -598,7 +622,7 @@ cdef class ClientConnection(HeadCollector):
 
     cdef inline void response_started(self) except *:
         """The response head is on its way: the backend is now on the idle clock."""
-        self.up_deadline = self.up_last + self._snap.timeouts.upstream_idle
+        self.up_deadline = self.up_last + self._t_upstream_idle
         self.up_kind = U_IDLE
 
     cdef void response_done(self, Exchange ex) except *:
@@ -720,7 +744,7 @@ cdef class ClientConnection(HeadCollector):
         if self._plane.draining:
             self._close()
             return
-        self.deadline = self._time() + self._snap.timeouts.client_idle
+        self.deadline = self._time() + self._t_client_idle
         self.deadline_kind = K_IDLE
 
     cdef void _local_reply(self, Exchange ex, err) except *:
@@ -869,7 +893,7 @@ cdef class ClientConnection(HeadCollector):
         """The upstream-side deadline passed (connect, response head or idle mid-body)."""
         cdef Exchange ex
         if self.up_kind == U_IDLE:
-            idle_until = self.up_last + self._snap.timeouts.upstream_idle
+            idle_until = self.up_last + self._t_upstream_idle
             if idle_until > now:
                 self.up_deadline = idle_until  # bytes arrived since: not idle yet
                 return
