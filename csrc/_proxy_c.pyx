@@ -79,6 +79,9 @@ cdef object OUTCOME_OK = Outcome.OK
 cdef object OUTCOME_5XX = Outcome.HTTP_5XX
 
 from lbproxy.proxy.http import analyse_request, analyse_response  # noqa: E402
+cdef object OUTCOME_CONNECT_FAILED = Outcome.CONNECT_FAILED
+cdef object OUTCOME_RESET = Outcome.RESET
+cdef object OUTCOME_TIMEOUT = Outcome.TIMEOUT
 
 cdef class ClientConnection
 cdef class UpstreamConnection
@@ -100,6 +103,9 @@ cdef class Exchange:
     # Typed C fields: the client and upstream protocols read and write these on every
     # request, so each access is a struct field, not a dict or descriptor lookup.
     cdef public bint abandoned, body_done, head_request, keep_alive, retried, waiting_pool
+    cdef public bint resent  # sent again after a backend dropped it (at most once)
+    cdef public tuple tried  # slots of the attempts that failed (retries)
+    cdef public bytes replay  # the whole body, when it went in the first write (or None)
     cdef public Py_ssize_t body_received, content_length, pending_bytes, max_body
     cdef public int flags, framing, minor, status
     cdef public ClientConnection conn
@@ -142,7 +148,10 @@ cdef class Exchange:
         self.connect_task: asyncio.Future[Any] | None = None
         self.waiting_pool = False
         self.abandoned = False
-        self.retried = False
+        self.retried = False  # sent again after a failure (so no second 100 Continue)
+        self.resent = False
+        self.tried = ()
+        self.replay = None
         self.status = 0
         return self
 
@@ -592,11 +601,15 @@ cdef class ClientConnection(HeadCollector):
             # the backend never sees the Expect header, so it sends no 100 of its own.
             assert self.transport is not None
             self.transport.write(CONTINUE_100)
+        cdef bytes body
         pending = ex.pending
         first = ex.upstream_head
         if pending:
-            first += b"".join(pending)
+            body = b"".join(pending)
+            first += body
             pending.clear()
+            if ex.body_done:
+                ex.replay = body  # the whole body went in this write: a retry can resend it
         ex.pending = None
         ex.pending_bytes = 0
         if self._pause_bits & P_BUFFER:
@@ -661,6 +674,22 @@ cdef class ClientConnection(HeadCollector):
                 ex.pending = []
                 ex.pool.acquire(ex)
                 return
+            if (
+                not malformed
+                and not conn.got_bytes
+                and conn.request_sent
+                and not ex.resent
+                and ex.method in _IDEMPOTENT
+                and (ex.replay is not None
+                     or (ex.body_received == 0 and ex.framing != FRAME_CHUNKED))
+            ):
+                # RFC 9110 §9.2.2: an idempotent request the backend dropped before any
+                # response byte may be sent again, once (Envoy's "reset", nginx's "error"),
+                # even after the keep-alive race's resend above met another stale connection.
+                ex.retried = ex.resent = True
+                ex.pending = [] if ex.replay is None else [ex.replay]
+                if self._retry(ex, OUTCOME_RESET):
+                    return
             self._end_lease(ex, Outcome.RESET)
             self._fail(ex, errors.BACKEND_FAILED)
             return
@@ -674,8 +703,39 @@ cdef class ClientConnection(HeadCollector):
         """The TCP connect to the backend failed (refused, unreachable): 502."""
         if ex is not self._active:
             return
+        # Nothing was sent, so any method may go to another backend, provided every body
+        # byte received so far is still held (`pending`; None once bytes went upstream).
+        if ex.pending is not None and self._retry(ex, OUTCOME_CONNECT_FAILED):
+            return
         self._end_lease(ex, Outcome.CONNECT_FAILED)
         self._fail(ex, errors.BACKEND_CONNECT_FAILED)
+
+    cdef bint _retry(self, Exchange ex, outcome) except -1:
+        """End the failed attempt's lease; begin `ex` again on another backend if allowed."""
+        cdef UpstreamPool pool
+        cdef tuple tried
+        lease = ex.lease
+        self._end_lease(ex, outcome)  # first: outlier detection sees the failure
+        if lease is None or self._closing:
+            return False
+        route = ex.snapshot.router.match(ex.method, ex.path, ex.host, ex.headers)  # as in _start
+        if route is None:
+            return False
+        cluster = route.cluster
+        tried = ex.tried = ex.tried + (lease.slot,)
+        if len(tried) > cluster.config.retry.attempts or len(tried) >= len(cluster.backends):
+            return False  # out of attempts, or of backends not yet tried (nginx's rule)
+        key = route.hash_key(ex.path, ex.query, ex.headers)
+        gate = cluster.begin(key, _now_ns(), len(tried), tried)
+        if type(gate) is Refusal:
+            return False  # e.g. past the retry budget: the failed attempt's error stands
+        ex.lease = gate
+        backend = gate.backend
+        pool = ex.pool = self._plane.pool(backend.host, backend.port)
+        self.up_deadline = self._time() + ex.t_connect
+        self.up_kind = U_CONNECT
+        pool.acquire(ex)
+        return True
 
     cdef void pause_for_upstream(self) except *:
         """The backend's write buffer is full: stop reading the client."""
@@ -897,11 +957,19 @@ cdef class ClientConnection(HeadCollector):
             if idle_until > now:
                 self.up_deadline = idle_until  # bytes arrived since: not idle yet
                 return
+        kind = self.up_kind
         self.up_deadline = _INF
         self.up_kind = U_NONE
         ex = self._active
         if ex is None:
             return
+        task = ex.connect_task
+        if kind == U_CONNECT and task is not None and ex.pending is not None:
+            # A connect timeout sent nothing: retried like a refusal. Only if the connect
+            # is really cancelled (not done with its callback pending, which would attach).
+            ex.connect_task = None
+            if task.cancel() and self._retry(ex, OUTCOME_TIMEOUT):
+                return
         started = ex.up is not None and ex.up.started
         self._abandon(ex, Outcome.TIMEOUT)
         if started:
