@@ -40,7 +40,8 @@ def _closed_port() -> str:
         return f"127.0.0.1:{s.getsockname()[1]}"  # nothing listens there once closed
 
 
-def _config(addresses: list[str], lead: bool = False, **cluster: Any) -> config.Config:
+def _config(addresses: list[str], lead: bool = False, timeouts: dict[str, float] | None = None,
+            **cluster: Any) -> config.Config:
     """One cluster of `addresses`; with `lead`, the first one takes the first request (smooth
     weighted round robin orders backends by address, and starts with the heaviest)."""
     backends = [{"address": a, "weight": 2 if lead and i == 0 else 1}
@@ -49,6 +50,7 @@ def _config(addresses: list[str], lead: bool = False, **cluster: Any) -> config.
         "listener": {"bind": "127.0.0.1:0"},
         "clusters": {"c": {"policy": "round_robin", "backends": backends, **cluster}},
         "routes": [{"cluster": "c", "hash_on": "path_regex:^/v/([^/]+)/"}],
+        "timeouts": timeouts or {},
     })
 
 
@@ -306,3 +308,32 @@ async def test_a_get_meeting_two_stale_pooled_connections_still_goes_elsewhere()
         for c in clients:
             c.close()
         await _stop(proxy, [stale, good])
+
+
+@on_uvloop
+async def test_a_connect_timeout_is_retried_on_another_backend():
+    # A listener that never accepts, its accept queue full: further SYNs are dropped, so
+    # a connect to it hangs until the proxy's connect timeout.
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(0)
+    fillers = []
+    for _ in range(4):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(blackhole.getsockname())
+        fillers.append(s)
+    await asyncio.sleep(0.05)
+    good = await Backend().start()
+    address = "127.0.0.1:%d" % blackhole.getsockname()[1]
+    proxy = await Proxy(_config([address, good.address], lead=True,
+                                timeouts={"connect": 0.3})).start()
+    try:
+        out = await exchange(proxy.port, GET_CLOSE)
+        assert status_of(out) == 200
+        assert len(good.requests) == 1
+        assert _outcomes(proxy) == {Outcome.TIMEOUT: 1, Outcome.OK: 1}
+    finally:
+        await _stop(proxy, [good])
+        for s in [*fillers, blackhole]:
+            s.close()
