@@ -325,7 +325,7 @@ async def test_a_connect_timeout_is_retried_on_another_backend():
         fillers.append(s)
     await asyncio.sleep(0.05)
     good = await Backend().start()
-    address = "127.0.0.1:%d" % blackhole.getsockname()[1]
+    address = f"127.0.0.1:{blackhole.getsockname()[1]}"
     proxy = await Proxy(_config([address, good.address], lead=True,
                                 timeouts={"connect": 0.3})).start()
     try:
