@@ -64,6 +64,10 @@ class LbproxyCollector(Collector):
         failures = CounterMetricFamily(
             "lbproxy_request_failures", "Requests that failed at the backend, by outcome.",
             labels=["cluster", "backend", "outcome"])
+        retries = CounterMetricFamily(
+            "lbproxy_retries", "Requests sent to the backend as a retry of an attempt that "
+            "failed on another one (included in lbproxy_requests_total).",
+            labels=["cluster", "backend"])
         inflight = GaugeMetricFamily(
             "lbproxy_backend_inflight", "Requests in flight to the backend.",
             labels=["cluster", "backend"])
@@ -91,6 +95,7 @@ class LbproxyCollector(Collector):
                     requests.add_metric([*labels, cls], n)
                 for outcome in FAILURE_NAMES:
                     failures.add_metric([*labels, outcome], c.by_outcome[Outcome[outcome.upper()]])
+                retries.add_metric(labels, c.retries)
                 inflight.add_metric(labels, src.inflight(name, b.address))
                 weight.add_metric(labels, b.weight)
                 drained.add_metric(labels, 1 if state.state_of(b.address) == "drain" else 0)
@@ -102,6 +107,7 @@ class LbproxyCollector(Collector):
                 duration.add_metric(labels, buckets, c.latency_ns / 1e9)
         yield requests
         yield failures
+        yield retries
         yield inflight
         yield weight
         yield drained

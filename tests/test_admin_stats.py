@@ -69,6 +69,7 @@ async def test_metrics_is_prometheus_text_with_the_same_counts(after_traffic):
     assert value("lbproxy_request_failures_total", cluster="dead", backend=dead,
                  outcome="connect_failed") == 1
     assert value("lbproxy_backend_inflight", cluster="segments", backend=b) == 0
+    assert value("lbproxy_retries_total", cluster="segments", backend=b) == 0
     assert value("lbproxy_backend_drained", cluster="segments", backend=b) == 0
     assert value("lbproxy_backend_healthy", cluster="segments", backend=b) == 1
     assert value("lbproxy_backend_ejected", cluster="segments", backend=b) == 0

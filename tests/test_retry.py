@@ -3,7 +3,7 @@ with `exclude` (Maglev fallback order, P2C and round robin), and the `[retry]` c
 
 import pytest
 
-from lbproxy import config
+from lbproxy import config, stats
 from lbproxy.cluster import NO_HEALTHY_BACKEND, Lease, Outcome
 from lbproxy.resilience import install
 from lbproxy.retry import RETRY_BUDGET_EXHAUSTED, RetryBudget
@@ -168,3 +168,27 @@ def test_retry_config_errors_name_the_field(field, value, path):
         config.from_dict({"clusters": {"c": {"backends": THREE, "retry": {field: value}}},
                           "routes": [{"cluster": "c"}]})
     assert [p for p, _ in err.value.errors] == [path]
+
+
+def test_retries_reach_stats_and_travel_from_workers_to_the_supervisor():
+    cfg = config.from_dict({"clusters": {"c": {"policy": "maglev", "backends": THREE}},
+                            "routes": [{"cluster": "c"}]})
+    worker = build_snapshot(cfg)
+    supervisor = build_snapshot(cfg)
+    cluster = worker.clusters["c"]
+    cluster.state.retry_admission = ()
+    first = cluster.begin(b"k", 0)
+    assert isinstance(first, Lease)
+    first.end(Outcome.CONNECT_FAILED, 1)
+    retry = cluster.begin(b"k", 2, 1, (first.slot,))
+    assert isinstance(retry, Lease)
+    retry.end(Outcome.OK, 3, 200)
+    doc = stats.stats_view(worker, lambda c, a: 0)["clusters"]["c"]
+    assert (doc["requests"], doc["retries"]) == (2, 1)
+    reporter = stats.DeltaReporter()
+    states = {name: cl.state for name, cl in supervisor.clusters.items()}
+    stats.add_deltas(states, reporter.collect(worker))
+    doc = stats.stats_view(supervisor, lambda c, a: 0)["clusters"]["c"]
+    assert (doc["requests"], doc["retries"]) == (2, 1)
+    by_address = {b["address"]: b["retries"] for b in doc["backends"]}
+    assert by_address[cluster.state.addresses[retry.slot]] == 1
