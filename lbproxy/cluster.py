@@ -408,8 +408,11 @@ class Cluster:
         """An accepted backend not in `exclude`; -1 when none is left."""
         load = self.state.load
         if self._fallback is not None:
-            # The key's next Maglev candidate, as Envoy's hash-based retries do: every retry
-            # of a key whose primary is down lands on the same second choice (cache affinity).
+            # The key's next Maglev candidate (Pingora's BackendSelection::iter order): every
+            # retry of a key whose primary is down lands on the same second choice (cache
+            # affinity). Envoy's Maglev instead mutates the hash per attempt (maglev_lb.cc,
+            # `hash ^= ~0ULL - attempt + 1`): deterministic too, but it may draw a failed host
+            # again and relies on its retry host predicate to re-pick.
             for slot in self._fallback(key, len(self.backends)):
                 if slot not in exclude and load.accepts(slot):
                     return slot
