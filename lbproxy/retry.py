@@ -13,6 +13,11 @@ requests): a connect refusal fails in microseconds, so retries are almost never 
 flight* together and a concurrency ratio would not bound a sustained retry rate. The
 budget is: retries in the last `ttl` seconds <= budget_percent % of first attempts in that
 window + min_retries_per_second x ttl (the reserve, so a quiet cluster can still retry).
+Finagle's defaults (finagle.github.io/blog/2016/02/08/retry-budgets: 20 % on top of 10
+retries/s, tokens expire after 10 s; tower's `retry::budget::Budget` has the same shape)
+except the reserve: 3/s here, the figure of Envoy's `min_retry_concurrency`, because one
+lbproxy process fronts far more traffic than one Finagle client and a dead backend should
+not be retried at 10/s per worker when the cluster is idle.
 """
 
 from __future__ import annotations
