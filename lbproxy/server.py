@@ -30,15 +30,20 @@ import socket
 import ssl
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 import uvloop
 
 from lbproxy import config, resilience, stats
-from lbproxy.admin import AdminAPI
 from lbproxy.controller import Controller
 from lbproxy.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    # The admin API (aiohttp, prometheus_client: ~17 MiB resident) is imported only where
+    # it runs: the single process or the supervisor. Workers exec `-m lbproxy.server` and
+    # never load it, so each worker holds just the data plane.
+    from lbproxy.admin import AdminAPI
 
 # The data plane class, as "module:attribute"; workers import it by this name.
 DEFAULT_DATAPLANE = "lbproxy.proxy:DataPlane"
@@ -241,6 +246,8 @@ async def serve(cfg: config.Config, *, dataplane: DataPlaneFactory,
     admin_host, admin_port = config.parse_hostport(cfg.admin.bind)
     controller = Controller(cfg)
     listener = Listener(cfg, controller.snapshot, dataplane, port)
+    from lbproxy.admin import AdminAPI
+
     admin = AdminAPI(controller.snapshot, controller=controller)
     controller.sinks += [_assign(listener.dataplane), _assign(admin)]
     admin_port = await _start_admin(admin, admin_host, admin_port)
@@ -492,6 +499,8 @@ async def supervise(cfg: config.Config, workers: int, dataplane: str,
             await asyncio.sleep(0.005)
         return pending()
 
+    from lbproxy.admin import AdminAPI
+
     admin = AdminAPI(controller.snapshot, inflight, controller=controller,
                      propagation=propagated)
     cfg_line = _config_line(controller.snapshot)
@@ -584,10 +593,27 @@ async def _track_readiness(procs: list[_WorkerProcess], admin: AdminAPI) -> None
         await asyncio.sleep(REPORT_INTERVAL_S)
 
 
+def raise_fd_limit() -> int:
+    """Raise the soft open-file limit to the hard one; returns the limit now in force."""
+    # Every client and every upstream connection is a descriptor; a distribution's default
+    # soft limit (often 1024) would cap a proxy at a few hundred clients. nginx raises it
+    # with worker_rlimit_nofile, HAProxy from maxconn; workers inherit it across exec.
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def run(cfg: config.Config, workers: int = 1, dataplane: str | None = None,
         config_path: str | None = None) -> int:
     """Run the proxy until SIGTERM/SIGINT (SIGHUP reloads `config_path`); returns the status."""
     dataplane = dataplane or DEFAULT_DATAPLANE
+    raise_fd_limit()
 
     async def main() -> int:
         if workers == 1:

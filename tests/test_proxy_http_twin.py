@@ -165,3 +165,20 @@ def test_fresh_request_ids_are_24_hex_and_distinct(impl: ModuleType) -> None:
     ids = {impl.new_request_id() for _ in range(10_000)}
     assert len(ids) == 10_000
     assert all(len(i) == 24 and set(i) <= set(b"0123456789abcdef") for i in ids)
+
+
+HOSTS = st.one_of(
+    st.sampled_from([
+        b"", b"a.example", b"a.example:80", b"a.example:", b"[::1]", b"[::1]:8080", b"[]",
+        b"[::1", b"[::1]x", b"a:b", b"a:80:90", b"xn--bcher-kva.example", b"%41", b"[v1.x]",
+        b"a b", b"a/b", b"127.0.0.1:65536", b":80", b"[::1]:",
+    ]),
+    st.binary(max_size=24),
+    st.text(alphabet="ab:[]%.1 -~/", max_size=16).map(str.encode),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=HOSTS)
+def test_valid_host_agrees(value: bytes) -> None:
+    assert _http_py.valid_host(value) == load("native").valid_host(value)

@@ -424,3 +424,23 @@ def test_a_bad_certificate_is_a_startup_error(tmp_path):
 
     with pytest.raises(server.StartupError, match=r"cannot load listener\.tls"):
         server.Listener(cfg, build_snapshot(cfg), DataPlane, 0)
+
+
+def test_run_raises_the_soft_fd_limit_to_the_hard_limit():
+    """A proxy needs a descriptor per connection: the soft limit is lifted at start-up."""
+    import resource
+    import subprocess
+    import sys
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    code = (
+        "import resource; from lbproxy.server import raise_fd_limit; "
+        "print(raise_fd_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+    )
+    # Start the child with a low soft limit, as a distribution's default would.
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
+    ).stdout.split()
+    expected = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    assert out == [str(expected), str(expected)]

@@ -1,9 +1,10 @@
 """lbproxy vs HAProxy, one worker each on one pinned core, nginx backends, wrk load.
 
 ``python bench/dataplane/compare.py [--duration 5] [--runs 3] [--sizes 100,65536]``
-prints req/s per run, medians, and lbproxy/HAProxy ratios. Everything binds 127.0.0.1;
-every run is bounded by --duration. The proxies run on CPU 0 (taskset), nginx and wrk on
-CPU 1, so both proxies get the same single core.
+prints req/s, CPU use and p99 latency per run, medians, and lbproxy/HAProxy ratios (CPU time
+per request is the inverse of req/cpu-s), with the load average before and after.
+Everything binds 127.0.0.1; every run is bounded by --duration. The proxies run on CPU 0
+(taskset), nginx and wrk on CPU 1, so both proxies get the same single core.
 """
 
 from __future__ import annotations
@@ -82,16 +83,21 @@ def wait_port(port: int, timeout: float = 10) -> None:
     raise RuntimeError(f"port {port} never opened")
 
 
-def wrk(path: str, duration: int, connections: int) -> float:
-    """Run wrk on CPU 1 against the proxy; return requests/s (fails on errors)."""
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def wrk(path: str, duration: int, connections: int) -> tuple[float, float]:
+    """Run wrk on CPU 1 against the proxy; return (requests/s, p99 ms) (fails on errors)."""
     out = subprocess.run(
-        ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s",
+        ["taskset", "-c", "1", "wrk", "--latency", "-t1", f"-c{connections}", f"-d{duration}s",
          f"http://127.0.0.1:{PROXY_PORT}{path}"],
         capture_output=True, text=True, timeout=duration + 30, check=True,
     ).stdout
     if "Non-2xx" in out or "Socket errors" in out:
         print(out, file=sys.stderr)
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    return rps, (float(p99.group(1)) * _UNITS[p99.group(2)] if p99 else float("nan"))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -132,6 +138,8 @@ def main() -> int:
         nginx = start(["/usr/sbin/nginx", "-c", f"{tmp}/nginx.conf"], 1)
         results: dict[tuple[str, int], list[float]] = {}
         per_cpu: dict[tuple[str, int], list[float]] = {}
+        p99s: dict[tuple[str, int], list[float]] = {}
+        print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
         try:
             wait_port(NGINX_PORTS[0])
             backends = ",".join(f"127.0.0.1:{p}" for p in NGINX_PORTS)
@@ -148,26 +156,30 @@ def main() -> int:
                         wrk(f"/b{sizes[0]}", 1, args.connections)  # warm-up
                         for size in sizes:
                             cpu0 = cpu_seconds(proc.pid)
-                            rps = wrk(f"/b{size}", args.duration, args.connections)
+                            rps, p99 = wrk(f"/b{size}", args.duration, args.connections)
                             cpu = (cpu_seconds(proc.pid) - cpu0) / args.duration
                             results.setdefault((name, size), []).append(rps)
                             # requests per CPU-second: capacity of one core, robust to a
                             # load generator that saturates first (HAProxy rarely uses
                             # its whole core here) and to noisy neighbours
                             per_cpu.setdefault((name, size), []).append(rps / max(cpu, 1e-3))
+                            p99s.setdefault((name, size), []).append(p99)
                             print(f"{name:8} {size:>6} B  {rps:>10.0f} req/s  "
-                                  f"cpu {cpu:4.0%}  {rps / max(cpu, 1e-3):>10.0f} req/cpu-s",
+                                  f"cpu {cpu:4.0%}  {rps / max(cpu, 1e-3):>10.0f} req/cpu-s  "
+                                  f"p99 {p99:7.2f} ms",
                                   flush=True)
                     finally:
                         stop(proc)
         finally:
             stop(nginx)
-    for title, table in (("req/s", results), ("req/cpu-s", per_cpu)):
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    for title, table in (("req/s", results), ("req/cpu-s", per_cpu), ("p99 ms", p99s)):
         print(f"\nmedians ({title}) and lbproxy/haproxy ratio:")
         for size in sizes:
             h = statistics.median(table[("haproxy", size)])
             lb = statistics.median(table[("lbproxy", size)])
-            print(f"{size:>6} B  haproxy {h:>9.0f}  lbproxy {lb:>9.0f}  ratio {lb / h:.2f}")
+            fmt = ".1f" if title == "p99 ms" else ".0f"  # latency in ms wants a decimal
+            print(f"{size:>6} B  haproxy {h:>9{fmt}}  lbproxy {lb:>9{fmt}}  ratio {lb / h:.2f}")
     return 0
 
 

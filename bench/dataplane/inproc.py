@@ -16,7 +16,7 @@ import uvloop
 
 from lbproxy import config
 from lbproxy.proxy import DataPlane, http
-from lbproxy.proxy.pool import UpstreamConnection
+from lbproxy.proxy.protocols import NATIVE, UpstreamConnection
 from lbproxy.snapshot import build_snapshot
 
 REQUEST = b"GET /b100 HTTP/1.1\r\nHost: 127.0.0.1:18080\r\n\r\n"
@@ -74,7 +74,7 @@ async def main(n: int) -> None:
             up.data_received(RESPONSE)
         best = min(best, time.perf_counter() - t0)
     assert not pool.idle or pool.idle[0] is up
-    print(f"native={http.NATIVE} {best / n * 1e6:.2f} us/request")
+    print(f"native={http.NATIVE} protocols={NATIVE} {best / n * 1e6:.2f} us/request")
 
 
 if __name__ == "__main__":

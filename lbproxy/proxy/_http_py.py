@@ -58,7 +58,7 @@ def valid_host(value: bytes) -> bool:
     """True when `value` is uri-host [":" port] (RFC 9110 §7.2, RFC 3986 §3.2.2-3.2.3).
 
     Checks the shape, not the address: one optional ":" and a digits-only port after a
-    reg-name or IPv4 address, or a bracketed IP-literal. The native module calls this too.
+    reg-name or IPv4 address, or a bracketed IP-literal (C twin: `_http_c.valid_host`).
     """
     if value[:1] == b"[":
         end = value.find(b"]")

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
-from lbproxy.proxy.client import ClientConnection
-from lbproxy.proxy.pool import UpstreamPool
+from lbproxy.proxy.protocols import ClientConnection, UpstreamPool
 from lbproxy.snapshot import Snapshot
 
 
