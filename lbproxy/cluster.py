@@ -6,6 +6,9 @@ address→slot map, per-backend counters and drain marks), `Cluster` (immutable,
 request goes through. Breakers, load shedding, retry budgets and outlier ejection plug in
 here as `AdmissionPolicy` / `OutcomeObserver` objects held by the `ClusterState`, never in
 the data plane. Must not touch HTTP: outcomes arrive already classified.
+
+`Lease` and `Cluster.begin` here are the pure-Python twin of `lbproxy._gate_c`, which
+replaces them at the end of this module unless LBPROXY_NO_EXTENSIONS is set (`GATE_NATIVE`).
 """
 
 from __future__ import annotations
