@@ -6,6 +6,9 @@ address→slot map, per-backend counters and drain marks), `Cluster` (immutable,
 request goes through. Breakers, load shedding, retry budgets and outlier ejection plug in
 here as `AdmissionPolicy` / `OutcomeObserver` objects held by the `ClusterState`, never in
 the data plane. Must not touch HTTP: outcomes arrive already classified.
+
+`Lease` and `Cluster.begin` here are the pure-Python twin of `lbproxy._gate_c`, which
+replaces them at the end of this module unless LBPROXY_NO_EXTENSIONS is set (`GATE_NATIVE`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Protocol, final
+from typing import TYPE_CHECKING, Protocol, final
 
 from lbproxy import latency, selectors
 from lbproxy.config import ClusterConfig, backend_of, parse_hostport
@@ -438,3 +441,20 @@ class Cluster:
         if slot is None or slot >= len(self._by_slot):
             return None
         return self._by_slot[slot]
+
+
+# The gate's compiled twin (csrc/_gate_c.pyx): the classes above stay the reference and
+# the fallback, as in lbproxy/selectors.py. Imported last: it takes names from this module.
+GATE_NATIVE = False
+PyLease = Lease  # the twin, kept for tests/test_gate.py's agreement tests
+py_begin = Cluster.begin
+if not TYPE_CHECKING and not selectors.NO_EXTENSIONS:
+    try:
+        from lbproxy import _gate_c
+    except ImportError:  # pragma: no cover - a build without the compiled core
+        pass
+    else:
+        Lease = _gate_c.Lease
+        Cluster.begin = _gate_c.begin
+        GATE_NATIVE = True
+

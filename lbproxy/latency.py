@@ -28,9 +28,9 @@ OCTAVE_BOUNDS_US: tuple[int, ...] = tuple(1 << k for k in range(7, 29))
 def bucket_index(rtt_ns: int) -> int:
     """The bucket of one latency sample (ns); one division, one bit_length, one shift."""
     us = rtt_ns // 1000
-    shift = us.bit_length() - SUB_BITS - 1
-    if shift <= 0:
+    if us < 16:
         return us if us >= 0 else 0  # 0-15 µs: one bucket per µs (a clock step back: 0)
+    shift = us.bit_length() - SUB_BITS - 1
     index = (shift << SUB_BITS) + (us >> shift)
     return index if index < _LAST else _LAST
 
