@@ -42,8 +42,11 @@ sysdeps:
 demo: build
 	$(VENV)/bin/lbproxy demo
 
+# The whole suite on the compiled core, then again on the pure-Python twins
+# (LBPROXY_NO_EXTENSIONS=1): the twins are the reference the native code must match.
 test: build sysdeps
 	$(PY) -m pytest -q
+	LBPROXY_NO_EXTENSIONS=1 $(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 
 
 # Selector and control-plane micro-benchmarks, then the proxy comparison; both write under
