@@ -71,4 +71,5 @@ debug: $(STAMP)
 	LBPROXY_DEBUG_BUILD=1 $(PY) setup.py build_ext --inplace --force
 
 clean:
-	rm -rf build dist *.egg-info lbproxy/*.so $(NATIVE)
+	rm -rf build dist *.egg-info $(NATIVE)
+	find lbproxy -name "*.so" -delete

@@ -7,9 +7,9 @@ case.
 
 from __future__ import annotations
 
-from lbproxy import config
-from lbproxy.cluster import Lease, Outcome
-from lbproxy.snapshot import build_snapshot
+from lbproxy.balance.cluster import Lease, Outcome
+from lbproxy.control import config
+from lbproxy.control.snapshot import build_snapshot
 
 PATH = b"/v/3f2a91c0/00017.ts"
 HEADERS = [(b"host", b"cdn.example.com"), (b"user-agent", b"player/1.0"),
@@ -44,7 +44,7 @@ def test_bench_hash_key_path_regex(benchmark):
 
 
 def test_bench_hash_key_cookie(benchmark):
-    from lbproxy.routing import Route
+    from lbproxy.proxy.routing import Route
 
     route = Route("c", hash_on="cookie:sid")
     assert benchmark(route.hash_key, PATH, b"", HEADERS) == b"abc123"

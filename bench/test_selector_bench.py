@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from uhashring import HashRing
 
-from lbproxy import _selectors_py as twin
-from lbproxy import selectors
+from lbproxy.balance import _selectors_py as twin
+from lbproxy.balance import selectors
 
 KEY = b"/v/3f2a91c0/"
 NOW_NS = 1_732_000_000_000_000_000
@@ -40,7 +40,7 @@ def _empty_two(key: bytes, now_ns: int) -> None:
 @pytest.fixture(autouse=True)
 def _native_loaded() -> None:
     if not selectors.NATIVE:
-        pytest.fail("lbproxy._selectors_c is not loaded; the figures would be the twin's")
+        pytest.fail("lbproxy.balance._selectors_c is not loaded; the figures would be the twin's")
 
 
 def test_bench_empty_call_one_arg(benchmark: Any) -> None:

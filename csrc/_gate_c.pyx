@@ -1,27 +1,27 @@
 """The compiled twin of the cluster gate's per-request path: `Cluster.begin()` and `Lease`.
 
-Owns only the per-request work of lbproxy/cluster.py (its Python `Lease` and
+Owns only the per-request work of lbproxy/balance/cluster.py (its Python `Lease` and
 `Cluster.begin` are the twin, chosen there when LBPROXY_NO_EXTENSIONS is set or this
 module did not build): admission, selection, in-flight and counter accounting, the latency
 bucket index, and the observers. Policies stay pluggable: any Python `AdmissionPolicy` /
-`OutcomeObserver` is called as before; the two installed by lbproxy/resilience.py on every
+`OutcomeObserver` is called as before; the two installed by lbproxy/policies/install.py on every
 cluster (the `OutlierDetector`, the `Breaker`) have their per-request methods inlined here,
 so the common configurations run without a Python frame. Retries (`attempt > 0`) take the
 Python path (`Cluster._begin_retry`): they are rare and must stay one implementation.
 Must not touch HTTP, and must not change what the twin computes: tests/test_gate.py
 compares the two on random sequences.
 
-Imported by lbproxy/cluster.py at its end, so the names taken from it below already exist.
+Imported by lbproxy/balance/cluster.py at its end, so the names taken from it below already exist.
 """
 
 cimport cython
 from libc.stdint cimport int64_t
 
-from lbproxy.cluster import FAILURE_PENALTY_NS, NO_HEALTHY_BACKEND
+from lbproxy.balance.cluster import FAILURE_PENALTY_NS, NO_HEALTHY_BACKEND
 
 __all__ = ["Lease", "begin", "bucket_index"]
 
-# lbproxy/latency.py's layout: 3 sub-bucket bits, 208 buckets.
+# lbproxy/balance/latency.py's layout: 3 sub-bucket bits, 208 buckets.
 cdef enum:
     SUB_BITS = 3
     LAST_BUCKET = 207
@@ -33,7 +33,7 @@ cdef enum:
 cdef int64_t _PENALTY = FAILURE_PENALTY_NS
 cdef object _NO_HEALTHY = NO_HEALTHY_BACKEND
 # The policy classes whose per-request methods are inlined; looked up at first use, since
-# lbproxy/outlier.py and lbproxy/breaker.py import lbproxy/cluster.py (which imports this).
+# lbproxy/policies/outlier.py and lbproxy/policies/breaker.py import lbproxy/balance/cluster.py (which imports this).
 cdef object _detector_type = None
 cdef object _breaker_type = None
 cdef object _circuit_open = None
@@ -42,8 +42,8 @@ cdef object _gateway_statuses = None
 
 cdef void _bind_policies() except *:
     global _detector_type, _breaker_type, _circuit_open, _gateway_statuses
-    from lbproxy.breaker import CIRCUIT_OPEN, Breaker
-    from lbproxy.outlier import GATEWAY_STATUSES, OutlierDetector
+    from lbproxy.policies.breaker import CIRCUIT_OPEN, Breaker
+    from lbproxy.policies.outlier import GATEWAY_STATUSES, OutlierDetector
     _detector_type = OutlierDetector
     _breaker_type = Breaker
     _circuit_open = CIRCUIT_OPEN

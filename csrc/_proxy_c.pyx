@@ -21,7 +21,7 @@ from collections import deque
 
 import httptools
 
-from lbproxy.cluster import Outcome, Refusal
+from lbproxy.balance.cluster import Outcome, Refusal
 from lbproxy.proxy import errors
 from lbproxy.proxy.http import interim_head
 

@@ -6,7 +6,7 @@ Owns the request-path half of backend selection: a pick reads C arrays only, all
 Python object for slots below 257 and raises nothing in the common case (-1 means no
 acceptable backend). Tables are built once, off the request path, and never change.
 It must not look at config, sockets or health: `BackendLoad.set_accept` is the caller's
-filter. lbproxy/_selectors_py.py is its twin; both must agree bit for bit.
+filter. lbproxy/balance/_selectors_py.py is its twin; both must agree bit for bit.
 """
 
 cimport cython
@@ -16,7 +16,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memset
 
-from lbproxy._selectors_check import (
+from lbproxy.balance._selectors_check import (
     backend_entries,
     check_balance_factor,
     check_capacity,

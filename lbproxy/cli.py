@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lbproxy import config
+from lbproxy.control import config
 
 
 def _load(path: str) -> config.Config | None:
@@ -29,7 +29,7 @@ def _run(path: str, workers: int) -> int:
     if cfg is None:
         print(f"lbproxy: invalid config {path}; not starting", file=sys.stderr)
         return 1
-    from lbproxy import server  # after validation: start-up imports uvloop and aiohttp
+    from lbproxy.process import server  # after validation: start-up imports uvloop and aiohttp
 
     return server.run(cfg, workers, config_path=path)
 

@@ -17,8 +17,8 @@ from functools import lru_cache
 import uvloop
 from aiohttp import web
 
-from lbproxy import config
-from lbproxy.webapp import start_app
+from lbproxy.admin.webapp import start_app
+from lbproxy.control import config
 
 SEGMENT_BYTES = 256 * 1024
 # Fixed so ETag/Last-Modified validators are stable across restarts (RFC 9110 §8.8).
@@ -174,7 +174,7 @@ def curl_examples() -> list[str]:
 
 async def run_demo(stop: asyncio.Event | None = None) -> None:
     """Start the demo backends and the proxy in this process; run until `stop` or a signal."""
-    from lbproxy import server
+    from lbproxy.process import server
 
     runners: list[web.AppRunner] = []
     try:
@@ -207,7 +207,7 @@ async def run_demo(stop: asyncio.Event | None = None) -> None:
 
 def main() -> int:
     """`lbproxy demo`: run the demo until SIGTERM/SIGINT; returns the exit status."""
-    from lbproxy import server
+    from lbproxy.process import server
 
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

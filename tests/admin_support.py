@@ -13,7 +13,8 @@ from typing import Any
 
 import aiohttp
 
-from lbproxy import config, server
+from lbproxy.control import config
+from lbproxy.process import server
 from lbproxy.proxy import DataPlane
 
 TOKEN = "s3cret-token"

@@ -17,9 +17,9 @@ from typing import Any
 import httptools
 import uvloop
 
-from lbproxy import config
+from lbproxy.control import config
+from lbproxy.control.snapshot import build_snapshot
 from lbproxy.proxy import DataPlane
-from lbproxy.snapshot import build_snapshot
 
 BLOCK = bytes(range(256)) * 256  # 64 KiB deterministic pattern
 

@@ -9,9 +9,9 @@ import sys
 
 import uvloop
 
-from lbproxy import config
+from lbproxy.control import config
+from lbproxy.control.snapshot import build_snapshot
 from lbproxy.proxy import DataPlane
-from lbproxy.snapshot import build_snapshot
 
 
 async def main(cfg_json: str) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import pytest
 from admin_support import TOKEN, call, in_process, origins_hit, proxy_config
 
-from lbproxy import config
+from lbproxy.control import config
 
 pytestmark = pytest.mark.timeout(60)
 

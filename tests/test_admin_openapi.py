@@ -7,9 +7,10 @@ import pytest
 from admin_support import call, in_process, origins_hit, proxy_config
 from openapi_spec_validator import validate
 
-from lbproxy import config, openapi
-from lbproxy.admin import AdminAPI
-from lbproxy.snapshot import build_snapshot
+from lbproxy.admin import openapi
+from lbproxy.admin.api import AdminAPI
+from lbproxy.control import config
+from lbproxy.control.snapshot import build_snapshot
 
 pytestmark = pytest.mark.timeout(60)
 

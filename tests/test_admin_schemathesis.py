@@ -30,7 +30,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from lbproxy import openapi
+from lbproxy.admin import openapi
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -19,7 +19,8 @@ import pytest
 from admin_support import TOKEN, call, origins_hit, proxy_config, until
 from ctl_support import ADMIN, LISTENING, spawn, stop, wait_for_lines
 
-from lbproxy import config, server
+from lbproxy.control import config
+from lbproxy.process import server
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -136,7 +137,7 @@ async def test_a_worker_that_does_not_confirm_is_named_in_the_answer(origins, mo
         me = os.getpid()
         workers = sorted(
             int(p) for p in Path(f"/proc/{me}/task/{me}/children").read_text().split()
-            if b"lbproxy.server" in Path(f"/proc/{p}/cmdline").read_bytes())
+            if b"lbproxy.process.server" in Path(f"/proc/{p}/cmdline").read_bytes())
         assert len(workers) == 2
         stopped = workers[0]
         os.kill(stopped, signal.SIGSTOP)  # it cannot read the new line, let alone confirm

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lbproxy import config, selectors
-from lbproxy.cluster import (
+from lbproxy.balance import selectors
+from lbproxy.balance.cluster import (
     NO_HEALTHY_BACKEND,
     BackendInfo,
     Cluster,
@@ -14,7 +14,8 @@ from lbproxy.cluster import (
     Outcome,
     Refusal,
 )
-from lbproxy.snapshot import Snapshot, build_snapshot
+from lbproxy.control import config
+from lbproxy.control.snapshot import Snapshot, build_snapshot
 
 
 def _cfg(clusters, routes=None):

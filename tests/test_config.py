@@ -2,7 +2,7 @@
 
 import pytest
 
-from lbproxy import config
+from lbproxy.control import config
 
 CONTRACT_TOML = """
 [listener]

@@ -16,11 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lbproxy import cluster as cluster_mod
-from lbproxy import config, latency
-from lbproxy.cluster import BackendInfo, Cluster, Outcome, Refusal
-from lbproxy.outlier import OutlierDetector
-from lbproxy.snapshot import build_snapshot
+from lbproxy.balance import cluster as cluster_mod
+from lbproxy.balance import latency
+from lbproxy.balance.cluster import BackendInfo, Cluster, Outcome, Refusal
+from lbproxy.control import config
+from lbproxy.control.snapshot import build_snapshot
+from lbproxy.policies.outlier import OutlierDetector
 
 # Few backends and short keys, so that streaks on one backend, ejections and their expiry
 # (1 s, while steps are up to 3 s) happen in most sequences.

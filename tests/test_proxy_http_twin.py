@@ -18,7 +18,8 @@ IMPLS = ["py", "native"]
 
 def load(name: str) -> ModuleType:
     """The twin or the compiled module."""
-    return importlib.import_module("lbproxy.proxy._http_py" if name == "py" else "lbproxy._http_c")
+    module = "lbproxy.proxy._http_py" if name == "py" else "lbproxy.proxy._http_c"
+    return importlib.import_module(module)
 
 
 @pytest.fixture(params=IMPLS)
@@ -31,7 +32,7 @@ def test_native_module_loaded() -> None:
     """Fails when the build did not produce lbproxy._http_c (yarl's test_quoting_c_loaded)."""
     if os.environ.get("LBPROXY_NO_EXTENSIONS") == "1":
         pytest.skip("extensions disabled on purpose")
-    importlib.import_module("lbproxy._http_c")
+    importlib.import_module("lbproxy.proxy._http_c")
     assert http.NATIVE
 
 

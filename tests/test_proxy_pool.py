@@ -6,7 +6,7 @@ import asyncio
 
 from proxy_harness import Backend, Client, Reply, make_config, on_uvloop, running
 
-from lbproxy.snapshot import build_snapshot
+from lbproxy.control.snapshot import build_snapshot
 
 H = b"Host: a\r\n"
 

@@ -8,8 +8,8 @@ import aiohttp
 import pytest
 from ctl_support import ADMIN, LISTENING, http_get, spawn, stop, wait_for_lines
 
-from lbproxy import config
-from lbproxy.controller import Controller
+from lbproxy.control import config
+from lbproxy.control.controller import Controller
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from lbproxy import config
-from lbproxy.breaker import CIRCUIT_OPEN, Breaker
-from lbproxy.cluster import NO_HEALTHY_BACKEND, Lease, Outcome, Refusal
-from lbproxy.health import RiseFall, parse_status_line, status_ok
-from lbproxy.outlier import ejection_ns, may_eject
-from lbproxy.resilience import detector_of
-from lbproxy.snapshot import build_snapshot
+from lbproxy.balance.cluster import NO_HEALTHY_BACKEND, Lease, Outcome, Refusal
+from lbproxy.control import config
+from lbproxy.control.snapshot import build_snapshot
+from lbproxy.policies.breaker import CIRCUIT_OPEN, Breaker
+from lbproxy.policies.health import RiseFall, parse_status_line, status_ok
+from lbproxy.policies.install import detector_of
+from lbproxy.policies.outlier import ejection_ns, may_eject
 
 S = 1_000_000_000
 THREE = ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]

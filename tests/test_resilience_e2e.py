@@ -25,9 +25,10 @@ from proxy_harness import (
     status_of,
 )
 
-from lbproxy import config, server
-from lbproxy.cluster import Outcome
-from lbproxy.health import HealthChecker
+from lbproxy.balance.cluster import Outcome
+from lbproxy.control import config
+from lbproxy.policies.health import HealthChecker
+from lbproxy.process import server
 from lbproxy.proxy import DataPlane
 
 GET = b"GET /v/1/seg HTTP/1.1\r\nHost: a\r\n\r\n"
@@ -197,7 +198,7 @@ async def test_a_backend_that_is_down_at_start_is_marked_at_the_first_probe():
 
 
 def _without_checks(proxy: Proxy) -> Any:
-    from lbproxy.snapshot import build_snapshot
+    from lbproxy.control.snapshot import build_snapshot
 
     cfg = proxy.snapshot.config
     cluster = cfg.clusters["c"]

@@ -3,11 +3,12 @@ with `exclude` (Maglev fallback order, P2C and round robin), and the `[retry]` c
 
 import pytest
 
-from lbproxy import config, stats
-from lbproxy.cluster import NO_HEALTHY_BACKEND, Lease, Outcome
-from lbproxy.resilience import install
-from lbproxy.retry import RETRY_BUDGET_EXHAUSTED, RetryBudget
-from lbproxy.snapshot import build_snapshot
+from lbproxy.admin import stats
+from lbproxy.balance.cluster import NO_HEALTHY_BACKEND, Lease, Outcome
+from lbproxy.control import config
+from lbproxy.control.snapshot import build_snapshot
+from lbproxy.policies.install import install
+from lbproxy.policies.retry import RETRY_BUDGET_EXHAUSTED, RetryBudget
 
 S = 1_000_000_000  # one second in ns
 THREE = ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]

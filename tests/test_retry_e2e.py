@@ -25,8 +25,8 @@ from proxy_harness import (
     status_of,
 )
 
-from lbproxy import config
-from lbproxy.cluster import Outcome
+from lbproxy.balance.cluster import Outcome
+from lbproxy.control import config
 
 H = b"Host: a\r\n"
 GET = b"GET /v/1/seg HTTP/1.1\r\n" + H + b"\r\n"

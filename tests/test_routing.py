@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lbproxy.routing import Route, Router, cookie_value, normalise_host
+from lbproxy.proxy.routing import Route, Router, cookie_value, normalise_host
 
 A, B, C, D = "cluster-a", "cluster-b", "cluster-c", "cluster-d"
 
@@ -113,7 +113,7 @@ def test_cookie_value_none_when_absent_but_empty_when_empty():
 
 
 def test_max_body_bytes_route_override_else_default():
-    from lbproxy.config import RouteConfig
+    from lbproxy.control.config import RouteConfig
 
     assert Route.from_config(RouteConfig(cluster="a"), A, 100).max_body_bytes == 100
     rc = RouteConfig(cluster="a", max_body_bytes=5)

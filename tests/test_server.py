@@ -28,8 +28,10 @@ from ctl_support import (
     wait_for_lines,
 )
 
-from lbproxy import config, demo, server
-from lbproxy.cluster import Lease, Outcome
+from lbproxy import demo
+from lbproxy.balance.cluster import Lease, Outcome
+from lbproxy.control import config
+from lbproxy.process import server
 from lbproxy.proxy import DataPlane
 
 pytestmark = pytest.mark.timeout(90)
@@ -59,7 +61,7 @@ async def held_origin():
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", handle)
-    from lbproxy.webapp import start_app
+    from lbproxy.admin.webapp import start_app
 
     runner, port = await start_app(app, "127.0.0.1", 0)
     yield f"127.0.0.1:{port}", release, arrived
@@ -208,7 +210,7 @@ async def test_clusters_has_the_contract_shape_and_live_inflight(in_process):
 
 async def test_snapshot_is_swapped_by_one_assignment(in_process):
     _, admin, admin_port, _, _ = in_process
-    from lbproxy.snapshot import build_snapshot
+    from lbproxy.control.snapshot import build_snapshot
 
     new = build_snapshot(admin.snapshot.config, {}, 7)
     admin.snapshot = new
@@ -237,8 +239,8 @@ async def test_drain_finishes_in_flight_requests_and_ready_goes_503(in_process, 
 
 
 async def test_ready_is_503_while_starting():
-    from lbproxy.admin import AdminAPI
-    from lbproxy.snapshot import build_snapshot
+    from lbproxy.admin.api import AdminAPI
+    from lbproxy.control.snapshot import build_snapshot
 
     cfg = config.from_dict({"clusters": {"a": {"backends": ["127.0.0.1:1"]}},
                             "routes": [{"cluster": "a"}]})
@@ -305,8 +307,8 @@ def test_missing_tls_files_are_config_errors(tmp_path):
 
 
 def test_clusters_document_is_json_serialisable(tmp_path):
-    from lbproxy.admin import AdminAPI
-    from lbproxy.snapshot import build_snapshot
+    from lbproxy.admin.api import AdminAPI
+    from lbproxy.control.snapshot import build_snapshot
 
     cfg = config.from_dict({"clusters": {"a": {"backends": ["127.0.0.1:1"]}},
                             "routes": [{"cluster": "a"}]})
@@ -425,7 +427,7 @@ def test_a_bad_certificate_is_a_startup_error(tmp_path):
     cfg = config.from_dict({"listener": {"tls": {"cert": str(bad), "key": str(bad)}},
                             "clusters": {"a": {"backends": ["127.0.0.1:1"]}},
                             "routes": [{"cluster": "a"}]})
-    from lbproxy.snapshot import build_snapshot
+    from lbproxy.control.snapshot import build_snapshot
 
     with pytest.raises(server.StartupError, match=r"cannot load listener\.tls"):
         server.Listener(cfg, build_snapshot(cfg), DataPlane, 0)
@@ -439,7 +441,7 @@ def test_run_raises_the_soft_fd_limit_to_the_hard_limit():
 
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     code = (
-        "import resource; from lbproxy.server import raise_fd_limit; "
+        "import resource; from lbproxy.process.server import raise_fd_limit; "
         "print(raise_fd_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
     )
     # Start the child with a low soft limit, as a distribution's default would.

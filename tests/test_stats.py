@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from lbproxy import config
-from lbproxy.cluster import Outcome
-from lbproxy.controller import Controller
-from lbproxy.latency import bucket_index
-from lbproxy.stats import DeltaReporter, add_deltas, stats_view
+from lbproxy.admin.stats import DeltaReporter, add_deltas, stats_view
+from lbproxy.balance.cluster import Outcome
+from lbproxy.balance.latency import bucket_index
+from lbproxy.control import config
+from lbproxy.control.controller import Controller
 
 A, B, C = "127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"
 

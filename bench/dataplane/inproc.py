@@ -14,10 +14,10 @@ import time
 
 import uvloop
 
-from lbproxy import config
+from lbproxy.control import config
+from lbproxy.control.snapshot import build_snapshot
 from lbproxy.proxy import DataPlane, http
 from lbproxy.proxy.protocols import NATIVE, UpstreamConnection
-from lbproxy.snapshot import build_snapshot
 
 REQUEST = b"GET /b100 HTTP/1.1\r\nHost: 127.0.0.1:18080\r\n\r\n"
 RESPONSE = (

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from lbproxy.cluster import Outcome, Refusal
+from lbproxy.balance.cluster import Outcome, Refusal
 from lbproxy.proxy import errors
 from lbproxy.proxy.errors import ProxyError
 from lbproxy.proxy.http import (
@@ -37,10 +37,10 @@ from lbproxy.proxy.http import (
 )
 
 if TYPE_CHECKING:
-    from lbproxy.cluster import Lease
+    from lbproxy.balance.cluster import Lease
+    from lbproxy.control.snapshot import Snapshot
     from lbproxy.proxy.plane import DataPlane
     from lbproxy.proxy.pool import UpstreamConnection, UpstreamPool
-    from lbproxy.snapshot import Snapshot
 
 log = logging.getLogger("lbproxy.proxy")
 

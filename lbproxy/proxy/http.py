@@ -36,7 +36,7 @@ if TYPE_CHECKING or os.environ.get("LBPROXY_NO_EXTENSIONS") == "1":
     )
 else:
     try:
-        from lbproxy._http_c import (
+        from lbproxy.proxy._http_c import (
             HeadCollector,
             analyse_request,
             analyse_response,

@@ -10,9 +10,12 @@ or touch the control plane.
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from lbproxy.proxy.protocols import ClientConnection, UpstreamPool
-from lbproxy.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from lbproxy.control.snapshot import Snapshot
 
 
 class DataPlane:

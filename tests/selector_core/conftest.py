@@ -13,11 +13,11 @@ IMPLS = ["py", "native"]
 def load_impl(name: str) -> ModuleType:
     """The twin (`py`) or the compiled module (`native`); skip when native is not built."""
     if name == "py":
-        return importlib.import_module("lbproxy._selectors_py")
+        return importlib.import_module("lbproxy.balance._selectors_py")
     try:
-        return importlib.import_module("lbproxy._selectors_c")
+        return importlib.import_module("lbproxy.balance._selectors_c")
     except ImportError:
-        pytest.skip("lbproxy._selectors_c is not built")
+        pytest.skip("lbproxy.balance._selectors_c is not built")
 
 
 @pytest.fixture(params=IMPLS)

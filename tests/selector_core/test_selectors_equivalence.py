@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from selector_strategies import SMALL_PRIMES, BackendSet, backend_sets, keys, ops
 
-from lbproxy import _selectors_py as py
+from lbproxy.balance import _selectors_py as py
 
-native = pytest.importorskip("lbproxy._selectors_c")
+native = pytest.importorskip("lbproxy.balance._selectors_c")
 
 EXAMPLES = settings(max_examples=200, deadline=None)
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from selector_strategies import keys
 
-from lbproxy._selectors_check import is_prime
+from lbproxy.balance._selectors_check import is_prime
 
 PROPS = settings(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

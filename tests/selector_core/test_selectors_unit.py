@@ -32,13 +32,13 @@ XXH64_VECTORS = [
 
 def test_native_module_loaded() -> None:
     """The compiled core must load unless the twin was asked for (yarl's check)."""
-    from lbproxy import selectors
+    from lbproxy.balance import selectors
 
     if os.environ.get("LBPROXY_NO_EXTENSIONS"):
         assert not selectors.NATIVE
         pytest.skip("LBPROXY_NO_EXTENSIONS is set")
-    assert selectors.NATIVE, "lbproxy._selectors_c did not load; run `make build`"
-    assert selectors.MaglevSelector.__module__ == "lbproxy._selectors_c"
+    assert selectors.NATIVE, "lbproxy.balance._selectors_c did not load; run `make build`"
+    assert selectors.MaglevSelector.__module__ == "lbproxy.balance._selectors_c"
 
 
 @pytest.mark.parametrize(("data", "seed", "expected"), XXH64_VECTORS)

@@ -26,18 +26,19 @@ from typing import Any, Literal
 import msgspec
 from aiohttp import web
 
-from lbproxy import config, metrics, openapi
-from lbproxy.cluster import BackendInfo, Cluster
-from lbproxy.controller import Controller
-from lbproxy.snapshot import Snapshot
-from lbproxy.stats import InflightSource, stats_view
-from lbproxy.webapp import start_app
+from lbproxy.admin import metrics, openapi
+from lbproxy.admin.stats import InflightSource, stats_view
+from lbproxy.admin.webapp import start_app
+from lbproxy.balance.cluster import BackendInfo, Cluster
+from lbproxy.control import config
+from lbproxy.control.controller import Controller
+from lbproxy.control.snapshot import Snapshot
 
 # Under a supervisor: wait (bounded) until every running worker applied this version;
 # returns the workers that had not when the wait ended (normally none).
 Propagation = Callable[[int], Awaitable[list[int]]]
 
-log = logging.getLogger("lbproxy.admin")
+log = logging.getLogger("lbproxy.admin.api")
 MAX_BODY_BYTES = 1 << 20
 # RFC 9110 §9.2.1: the safe methods; everything else mutates and needs the token.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

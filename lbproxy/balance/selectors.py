@@ -1,4 +1,4 @@
-"""Selector facade: the native core (`lbproxy._selectors_c`) or its pure-Python twin.
+"""Selector facade: the native core (`lbproxy.balance._selectors_c`) or its pure-Python twin.
 
 Owns only the choice of implementation, as yarl's `_quoting.py` does: type checkers read
 the twin; at run time the compiled module loads unless LBPROXY_NO_EXTENSIONS is set, and
@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from lbproxy._selectors_py import (
+    from lbproxy.balance._selectors_py import (
         DEFAULT_DECAY_NS,
         DEFAULT_RTT_NS,
         DEFAULT_TABLE_SIZE,
@@ -47,11 +47,11 @@ else:
     _impl = None
     if not NO_EXTENSIONS:
         try:
-            _impl = importlib.import_module("lbproxy._selectors_c")
+            _impl = importlib.import_module("lbproxy.balance._selectors_c")
             NATIVE = True
         except ImportError:  # pragma: no cover - a build without the compiled core
             pass
     if _impl is None:
-        _impl = importlib.import_module("lbproxy._selectors_py")
+        _impl = importlib.import_module("lbproxy.balance._selectors_py")
     globals().update({name: getattr(_impl, name) for name in _impl.__all__})
     del _impl

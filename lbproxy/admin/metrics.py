@@ -24,10 +24,10 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from lbproxy import latency
-from lbproxy.cluster import Outcome
-from lbproxy.snapshot import Snapshot
-from lbproxy.stats import FAILURE_NAMES, RESPONSE_CLASSES
+from lbproxy.admin.stats import FAILURE_NAMES, RESPONSE_CLASSES
+from lbproxy.balance import latency
+from lbproxy.balance.cluster import Outcome
+from lbproxy.control.snapshot import Snapshot
 
 # The classic text format the contract names (prometheus_client's "latest" is newer).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 from typing import final
 
-from lbproxy.cluster import BackendInfo, Cluster, ClusterState, Outcome, Refusal
-from lbproxy.config import OutlierDetection
+from lbproxy.balance.cluster import BackendInfo, Cluster, ClusterState, Outcome, Refusal
+from lbproxy.control.config import OutlierDetection
 
-log = logging.getLogger("lbproxy.outlier")
+log = logging.getLogger("lbproxy.policies.outlier")
 NS = 1_000_000_000
 _NEVER = 1 << 63
 # Envoy counts these statuses as gateway failures, and maps its own connect failures,

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import final
 
-from lbproxy.cluster import Cluster, ClusterState
-from lbproxy.config import Config, Limits, Timeouts, Upstream
-from lbproxy.resilience import install
-from lbproxy.routing import Route, Router
+from lbproxy.balance.cluster import Cluster, ClusterState
+from lbproxy.control.config import Config, Limits, Timeouts, Upstream
+from lbproxy.policies.install import install
+from lbproxy.proxy.routing import Route, Router
 
 
 @final

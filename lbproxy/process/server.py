@@ -35,15 +35,16 @@ from typing import TYPE_CHECKING, Protocol
 import msgspec
 import uvloop
 
-from lbproxy import config, resilience, stats
-from lbproxy.controller import Controller
-from lbproxy.snapshot import Snapshot
+from lbproxy.admin import stats
+from lbproxy.control import config, upkeep
+from lbproxy.control.controller import Controller
+from lbproxy.control.snapshot import Snapshot
 
 if TYPE_CHECKING:
     # The admin API (aiohttp, prometheus_client: ~17 MiB resident) is imported only where
-    # it runs: the single process or the supervisor. Workers exec `-m lbproxy.server` and
+    # it runs: the single process or the supervisor. Workers exec `-m lbproxy.process.server` and
     # never load it, so each worker holds just the data plane.
-    from lbproxy.admin import AdminAPI
+    from lbproxy.admin.api import AdminAPI
 
 # The data plane class, as "module:attribute"; workers import it by this name.
 DEFAULT_DATAPLANE = "lbproxy.proxy:DataPlane"
@@ -246,14 +247,14 @@ async def serve(cfg: config.Config, *, dataplane: DataPlaneFactory,
     admin_host, admin_port = config.parse_hostport(cfg.admin.bind)
     controller = Controller(cfg)
     listener = Listener(cfg, controller.snapshot, dataplane, port)
-    from lbproxy.admin import AdminAPI
+    from lbproxy.admin.api import AdminAPI
 
     admin = AdminAPI(controller.snapshot, controller=controller)
     controller.sinks += [_assign(listener.dataplane), _assign(admin)]
     admin_port = await _start_admin(admin, admin_host, admin_port)
     if config_path is not None:
         _install_reload(loop, controller, config_path)
-    upkeep = resilience.start(controller)  # health checks run where the data plane is
+    background = upkeep.start(controller)  # health checks run where the data plane is
     try:
         await listener.start()
         admin.accepting = True
@@ -268,7 +269,7 @@ async def serve(cfg: config.Config, *, dataplane: DataPlaneFactory,
         admin.draining = True
         await listener.drain()
     finally:
-        await upkeep.stop()
+        await background.stop()
         await admin.stop()
     log("stopped")
 
@@ -313,7 +314,7 @@ async def _report_loop(controller: Controller, deltas: stats.DeltaReporter) -> N
         view = {name: {b.address: c.state.inflight(b.address) for b in c.backends}
                 for name, c in controller.snapshot.clusters.items()}
         line = json.dumps({"event": "inflight", "clusters": view,
-                           "marks": resilience.marks_view(controller.snapshot)})
+                           "marks": upkeep.marks_view(controller.snapshot)})
         if line != last:
             _emit_line(line)
             last = line
@@ -364,7 +365,7 @@ async def _worker(cfg: config.Config, version: int, drained: dict[str, list[str]
     controller = Controller(cfg, version, drained)
     listener = Listener(cfg, controller.snapshot, dataplane, port)
     controller.sinks.append(_assign(listener.dataplane))
-    upkeep = resilience.start(controller)  # each worker checks its own ClusterStates
+    background = upkeep.start(controller)  # each worker checks its own ClusterStates
     # Later configs arrive on stdin; its EOF means an orphan, which must not keep serving.
     pipe, _ = await loop.connect_read_pipe(lambda: _SupervisorPipe(stop, controller), sys.stdin)
     await listener.start()
@@ -375,7 +376,7 @@ async def _worker(cfg: config.Config, version: int, drained: dict[str, list[str]
     reporter = asyncio.create_task(_report_loop(controller, deltas))
     await stop.wait()
     await listener.drain()
-    await upkeep.stop()
+    await background.stop()
     reporter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await reporter
@@ -384,7 +385,7 @@ async def _worker(cfg: config.Config, version: int, drained: dict[str, list[str]
 
 
 def worker_main(argv: list[str]) -> int:
-    """Entry of one worker process: ``python -m lbproxy.server INDEX TOTAL PORT DATAPLANE``.
+    """Entry of one worker process: ``python -m lbproxy.process.server INDEX TOTAL PORT DATAPLANE``.
 
     The supervisor writes ``{"version": N, "config": {...}, "drained": {...}}`` lines on
     stdin (validated there): the first one to start with, each later one to replace the
@@ -417,7 +418,7 @@ class _WorkerProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.ready = asyncio.Event()
         self.inflight: dict[str, dict[str, int]] = {}
-        self.marks: resilience.MarksView = {}  # its unhealthy/ejected backends
+        self.marks: upkeep.MarksView = {}  # its unhealthy/ejected backends
         self.version = 0  # the snapshot version it last said it applied
         self._on_stats = on_stats
 
@@ -429,7 +430,7 @@ class _WorkerProcess:
         self.marks = {}
         self.version = 0
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "lbproxy.server",
+            sys.executable, "-m", "lbproxy.process.server",
             str(self.index), str(total), str(port), dataplane,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )
@@ -499,7 +500,7 @@ async def supervise(cfg: config.Config, workers: int, dataplane: str,
             await asyncio.sleep(0.005)
         return pending()
 
-    from lbproxy.admin import AdminAPI
+    from lbproxy.admin.api import AdminAPI
 
     admin = AdminAPI(controller.snapshot, inflight, controller=controller,
                      propagation=propagated)
@@ -589,7 +590,7 @@ async def _track_readiness(procs: list[_WorkerProcess], admin: AdminAPI) -> None
     # the workers' health and ejection marks are mirrored for /clusters on the same beat.
     while True:
         admin.accepting = all(p.ready.is_set() for p in procs)
-        resilience.mirror_marks(admin.snapshot, [p.marks for p in procs])
+        upkeep.mirror_marks(admin.snapshot, [p.marks for p in procs])
         await asyncio.sleep(REPORT_INTERVAL_S)
 
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from typing import final
 
-from lbproxy.cluster import Cluster, Refusal
-from lbproxy.config import Retry
+from lbproxy.balance.cluster import Cluster, Refusal
+from lbproxy.control.config import Retry
 
 # Never answered to a client: past the budget the failed attempt's own error (502/504)
 # stands. The code names the reason for tests and logs.

@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from typing import final
 
-from lbproxy._selectors_check import (
+from lbproxy.balance._selectors_check import (
     backend_entries,
     check_balance_factor,
     check_capacity,

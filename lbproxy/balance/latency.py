@@ -3,7 +3,7 @@
 Owns the bucket layout (what `bucket_index` maps a latency to, and each bucket's bounds)
 and everything computed from a list of bucket counts: percentiles, merged counts,
 Prometheus-style cumulative octave buckets. The counts themselves live in the per-backend
-counters of `lbproxy/cluster.py`, which add one per finished request. Must not touch HTTP
+counters of `lbproxy/balance/cluster.py`, which add one per finished request. Must not touch HTTP
 or the clock.
 
 Layout (the idea of HdrHistogram, with 3 sub-bucket bits): values in microseconds; 0-15 µs

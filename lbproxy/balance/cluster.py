@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Protocol, final
 
-from lbproxy import latency, selectors
-from lbproxy.config import ClusterConfig, backend_of, parse_hostport
+from lbproxy.balance import latency, selectors
+from lbproxy.control.config import ClusterConfig, backend_of, parse_hostport
 
 
 class Outcome(IntEnum):
@@ -49,8 +49,8 @@ FAILURE_PENALTY_NS = 1_000_000_000
 # Why a slot is not accepted by selection; any bit set → BackendLoad.set_accept(slot, False).
 REFUSE_DRAIN = 1  # an operator drained it (admin PATCH state=drain)
 REFUSE_REMOVED = 2  # it left the cluster; the slot waits for its in-flight to finish
-REFUSE_EJECTED = 4  # outlier detection ejected it (lbproxy/outlier.py)
-REFUSE_UNHEALTHY = 8  # its active health check fails (lbproxy/health.py)
+REFUSE_EJECTED = 4  # outlier detection ejected it (lbproxy/policies/outlier.py)
+REFUSE_UNHEALTHY = 8  # its active health check fails (lbproxy/policies/health.py)
 # Marks that panic routing may ignore; an operator's drain and removal are never ignored.
 HEALTH_BITS = REFUSE_EJECTED | REFUSE_UNHEALTHY
 
@@ -111,7 +111,7 @@ class BackendCounters:
         self.responses = [0, 0, 0, 0, 0, 0]
         self.failures = 0
         self.by_outcome = [0] * len(Outcome)
-        self.latency = [0] * latency.N_BUCKETS  # lbproxy/latency.py's log-linear buckets
+        self.latency = [0] * latency.N_BUCKETS  # lbproxy/balance/latency.py's log-linear buckets
         self.latency_ns = 0  # sum of the samples (Prometheus histograms carry it)
 
 
@@ -444,7 +444,7 @@ class Cluster:
 
 
 # The gate's compiled twin (csrc/_gate_c.pyx): the classes above stay the reference and
-# the fallback, as in lbproxy/selectors.py. Imported last: it takes names from this module.
+# the fallback, as in lbproxy/balance/selectors.py. Imported last: it takes names from this module.
 GATE_NATIVE = False
 PyLease = Lease  # the twin, kept for tests/test_gate.py's agreement tests
 py_begin = Cluster.begin

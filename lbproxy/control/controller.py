@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from lbproxy import config
-from lbproxy.cluster import ClusterState
-from lbproxy.snapshot import Snapshot, build_snapshot
+from lbproxy.balance.cluster import ClusterState
+from lbproxy.control import config
+from lbproxy.control.snapshot import Snapshot, build_snapshot
 
 SnapshotSink = Callable[[Snapshot], None]
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from lbproxy._selectors_check import MAX_WEIGHT  # the selectors' bound, named once
+from lbproxy.balance._selectors_check import MAX_WEIGHT  # the selectors' bound, named once
 
 Policy = Literal["maglev", "p2c", "round_robin"]
 POLICIES: tuple[str, ...] = ("maglev", "p2c", "round_robin")

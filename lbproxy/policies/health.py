@@ -24,13 +24,13 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, final
 
-from lbproxy.cluster import BackendInfo, ClusterState
-from lbproxy.config import HealthCheck, parse_status_ranges
+from lbproxy.balance.cluster import BackendInfo, ClusterState
+from lbproxy.control.config import HealthCheck, parse_status_ranges
 
-if TYPE_CHECKING:  # snapshot.py imports resilience.py, which imports this module
-    from lbproxy.snapshot import Snapshot
+if TYPE_CHECKING:  # control/upkeep.py imports this module; the snapshot only for types
+    from lbproxy.control.snapshot import Snapshot
 
-log = logging.getLogger("lbproxy.health")
+log = logging.getLogger("lbproxy.policies.health")
 USER_AGENT = b"lbproxy-health-check"
 MAX_STATUS_LINE = 1024
 

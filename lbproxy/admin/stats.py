@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from lbproxy import latency
-from lbproxy.cluster import BACKEND_FAILURES, BackendCounters, ClusterState, Outcome
-from lbproxy.snapshot import Snapshot
+from lbproxy.balance import latency
+from lbproxy.balance.cluster import BACKEND_FAILURES, BackendCounters, ClusterState, Outcome
+from lbproxy.control.snapshot import Snapshot
 
 PERCENTILES: tuple[tuple[str, float], ...] = (
     ("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999))

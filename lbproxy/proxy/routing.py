@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, final
 
 if TYPE_CHECKING:
-    from lbproxy.cluster import Cluster
-    from lbproxy.config import RouteConfig
+    from lbproxy.balance.cluster import Cluster
+    from lbproxy.control.config import RouteConfig
 
 Headers = Sequence[tuple[bytes, bytes]]
 KeyFunction = Callable[[bytes, bytes, Headers], bytes]
