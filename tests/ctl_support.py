@@ -20,8 +20,8 @@ def lbproxy_argv(*args: str, dataplane: str | None = None) -> list[str]:
     if dataplane is None:
         return [sys.executable, "-m", "lbproxy", *args]
     code = (
-        "import sys; from lbproxy import cli; from lbproxy.process import server; "
-        f"server.DEFAULT_DATAPLANE = {dataplane!r}; sys.exit(cli.main(sys.argv[1:]))"
+        "import sys; from lbproxy import cli; from lbproxy.process import startup; "
+        f"startup.DEFAULT_DATAPLANE = {dataplane!r}; sys.exit(cli.main(sys.argv[1:]))"
     )
     return [sys.executable, "-c", code, *args]
 

@@ -31,7 +31,9 @@ from ctl_support import (
 from lbproxy import demo
 from lbproxy.balance.cluster import Lease, Outcome
 from lbproxy.control import config
-from lbproxy.process import server
+from lbproxy.process import listeners
+from lbproxy.process.single import serve
+from lbproxy.process.startup import StartupError
 from lbproxy.proxy import DataPlane
 
 pytestmark = pytest.mark.timeout(90)
@@ -150,7 +152,7 @@ async def test_two_workers_both_accept_on_one_port(standin_workers):
 
 @pytest.fixture
 async def in_process(held_origin):
-    """`server.serve` in this loop with the real data plane; yields a small handle."""
+    """`serve` in this loop with the real data plane; yields a small handle."""
     held, _, _ = held_origin
     cfg = config.from_dict({
         "listener": {"bind": "127.0.0.1:0"},
@@ -173,8 +175,8 @@ async def in_process(held_origin):
     def on_ready(listener, admin):
         ready.set_result((listener, admin))
 
-    task = asyncio.create_task(server.serve(cfg, dataplane=DataPlane,
-                                            stop=stop_event, on_ready=on_ready))
+    task = asyncio.create_task(serve(cfg, dataplane=DataPlane, stop=stop_event,
+                                     on_ready=on_ready))
     listener, admin = await asyncio.wait_for(ready, 20)
     admin_port = admin._runner.addresses[0][1]
     yield listener, admin, admin_port, stop_event, task
@@ -272,10 +274,10 @@ def tls_files(tmp_path_factory):
 
 def test_ssl_context_from_listener_tls(tls_files):
     cert, key, _ = tls_files
-    ctx = server.build_ssl_context(config.TLS(cert=str(cert), key=str(key)))
+    ctx = listeners.build_ssl_context(config.TLS(cert=str(cert), key=str(key)))
     assert ctx.minimum_version >= ssl.TLSVersion.TLSv1_2
     with pytest.raises(ssl.SSLError):
-        server.build_ssl_context(config.TLS(cert=str(key), key=str(key)))
+        listeners.build_ssl_context(config.TLS(cert=str(key), key=str(key)))
 
 
 async def test_tls_listener_proxies_https(tmp_path, tls_files, origins):
@@ -429,8 +431,8 @@ def test_a_bad_certificate_is_a_startup_error(tmp_path):
                             "routes": [{"cluster": "a"}]})
     from lbproxy.control.snapshot import build_snapshot
 
-    with pytest.raises(server.StartupError, match=r"cannot load listener\.tls"):
-        server.Listener(cfg, build_snapshot(cfg), DataPlane, 0)
+    with pytest.raises(StartupError, match=r"cannot load listener\.tls"):
+        listeners.Listener(cfg, build_snapshot(cfg), DataPlane, 0)
 
 
 def test_run_raises_the_soft_fd_limit_to_the_hard_limit():
@@ -441,7 +443,7 @@ def test_run_raises_the_soft_fd_limit_to_the_hard_limit():
 
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     code = (
-        "import resource; from lbproxy.process.server import raise_fd_limit; "
+        "import resource; from lbproxy.process.run import raise_fd_limit; "
         "print(raise_fd_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
     )
     # Start the child with a low soft limit, as a distribution's default would.
