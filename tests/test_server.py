@@ -25,7 +25,9 @@ from ctl_support import (
     spawn,
     stop,
     toml_config,
+    until_true,
     wait_for_lines,
+    wait_started,
 )
 
 from lbproxy import demo
@@ -71,15 +73,6 @@ async def held_origin():
     await runner.cleanup()
 
 
-async def _until(predicate, timeout=10.0):
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        if loop.time() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_run_proxies_then_exits_0_on_signal(tmp_path, origins, sig):
     cfg = toml_config("127.0.0.1:0", "127.0.0.1:0", origins)
@@ -112,11 +105,8 @@ async def standin_workers(tmp_path):
     proc = await spawn("run", "-c", cfg, "--workers", "2", dataplane=STANDIN)
     ended_by_test = False
     try:
-        found, seen = await wait_for_lines(proc, LISTENING, 2)
-        assert len(found) == 2, seen
-        admin, seen2 = await wait_for_lines(proc, ADMIN, 1)
-        assert admin, seen + seen2
-        yield proc, found, int(admin[0].group(2))
+        found, admin_port, _ = await wait_started(proc, 2)
+        yield proc, found, admin_port
         ended_by_test = proc.returncode is not None
     finally:
         rc, err = await stop(proc)
@@ -225,11 +215,11 @@ async def test_drain_finishes_in_flight_requests_and_ready_goes_503(in_process, 
     _, release, arrived = held_origin
     assert (await _admin_json(admin_port, "/ready"))[0] == 200
     pending = asyncio.create_task(http_get("127.0.0.1", listener.port, "/held/1", timeout=30))
-    await _until(lambda: arrived)
+    await until_true(lambda: arrived)
     _, doc = await _admin_json(admin_port, "/clusters")
     assert doc["clusters"]["held"]["backends"][0]["inflight"] == 1
     stop_event.set()
-    await _until(lambda: admin.draining)
+    await until_true(lambda: admin.draining)
     status, body = await _admin_json(admin_port, "/ready")
     assert (status, body) == (503, {"ready": False, "reason": "draining"})
     with pytest.raises(OSError):  # the listener no longer accepts
@@ -343,7 +333,7 @@ cluster = "held"
             assert status == 200 and body == demo.segment_content(f"w{i}", "1.ts")
         pending = [asyncio.create_task(http_get("127.0.0.1", port, f"/held/{i}", timeout=30))
                    for i in range(6)]
-        await _until(lambda: len(arrived) == 6)
+        await until_true(lambda: len(arrived) == 6)
         total = 0
         for _ in range(100):  # bounded: reports arrive every REPORT_INTERVAL_S
             _, doc = await _admin_json(admin_port, "/clusters")

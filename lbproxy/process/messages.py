@@ -12,10 +12,12 @@ Must not touch processes, sockets or snapshots' consumers; it only encodes and d
 from __future__ import annotations
 
 import logging
-from typing import TypedDict
+from typing import Annotated, TypedDict
 
 import msgspec
 
+from lbproxy.admin.stats import FLAT_LENGTH
+from lbproxy.balance.latency import N_BUCKETS
 from lbproxy.control.config import Config
 from lbproxy.control.snapshot import Snapshot
 from lbproxy.control.upkeep import MarksView
@@ -72,11 +74,17 @@ class Inflight(WorkerEventBase, frozen=True, tag="inflight"):
     marks: MarksView = {}
 
 
+# Checked when the line is decoded, so a report of another shape is skipped whole: adding
+# it would stop half-way and leave the supervisor's counters half-updated.
+FlatDeltas = Annotated[list[int], msgspec.Meta(min_length=FLAT_LENGTH, max_length=FLAT_LENGTH)]
+Bucket = Annotated[int, msgspec.Meta(ge=0, lt=N_BUCKETS)]
+
+
 class BackendDelta(TypedDict):
     """One backend's counter deltas as `lbproxy.admin.stats` writes and reads them."""
 
-    c: list[int]  # flat counters, in `stats`' order
-    h: list[tuple[int, int]]  # (latency bucket, count) for the buckets that changed
+    c: FlatDeltas  # flat counters, in `stats`' order
+    h: list[tuple[Bucket, int]]  # (latency bucket, count) for the buckets that changed
 
 
 class StatsDeltas(WorkerEventBase, frozen=True, tag="stats"):

@@ -126,9 +126,9 @@ class WorkerProcess:
             case messages.StatsDeltas():
                 try:
                     self._on_stats(event)
-                except (KeyError, TypeError, ValueError, IndexError) as exc:
-                    # Well-formed but not for these counters (say, a counter list of
-                    # another length): drop the report, keep reading.
+                except (IndexError, ValueError) as exc:
+                    # Decoding checked the report's shape; should adding it still fail,
+                    # this loop must go on: it also watches for the worker's exit.
                     log.error("%s: bad stats report ignored: %r", self.name, exc)
 
     def terminate(self) -> None:
@@ -161,6 +161,7 @@ class Supervisor:
         self.stop = asyncio.Event() if stop is None else stop
         self.propagation_timeout_s = PROPAGATION_TIMEOUT_S
         self.restart_delay_s = RESTART_DELAY_S
+        self.drain_grace_s = DRAIN_GRACE_S
         self.port = 0  # the listener port every worker binds; fixed by the probe in `run`
         self.draining = False
         self.status = 0  # the exit status `run` returns
@@ -259,14 +260,15 @@ class Supervisor:
         self.admin.draining = True
         for p in self.workers:
             p.terminate()
-        _, pending = await asyncio.wait(keepers, timeout=self.cfg.timeouts.drain + DRAIN_GRACE_S)
+        _, pending = await asyncio.wait(keepers,
+                                        timeout=self.cfg.timeouts.drain + self.drain_grace_s)
         for p in self.workers:
             if p.running:
                 log.error("%s did not exit; killing it", p.name)
                 p.kill()
                 self.status = 1
         if pending:
-            await asyncio.wait(pending, timeout=DRAIN_GRACE_S)
+            await asyncio.wait(pending, timeout=self.drain_grace_s)
 
     def _add_stats(self, event: messages.StatsDeltas) -> None:
         stats.add_deltas(self.controller.states, event.clusters)
