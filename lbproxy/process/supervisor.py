@@ -171,6 +171,8 @@ class Supervisor:
         self.workers = [WorkerProcess(i + 1, workers, self._add_stats) for i in range(workers)]
         # What every worker gets, and what a restarted one starts from.
         self.config_line = messages.encode(messages.ConfigLine.of(self.controller.snapshot))
+        # Imported here, not at the top: run.py imports this module for --workers 1 too,
+        # and the admin API (aiohttp, prometheus_client) is loaded only where it runs.
         from lbproxy.admin.api import AdminAPI
 
         self.admin = AdminAPI(self.controller.snapshot, self.inflight,
