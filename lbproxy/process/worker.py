@@ -51,7 +51,6 @@ class Worker:
                  first: messages.ConfigLine, events: EventWriter, stop: asyncio.Event) -> None:
         self.index = index
         self.total = total
-        self.port = port
         self.events = events
         self.controller = Controller(first.config, first.version, first.drained)
         self.listener = Listener(first.config, self.controller.snapshot, dataplane, port)
