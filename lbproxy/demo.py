@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 from functools import lru_cache
 
@@ -19,6 +20,8 @@ from aiohttp import web
 
 from lbproxy.admin.webapp import start_app
 from lbproxy.control import config
+
+log = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 256 * 1024
 # Fixed so ETag/Last-Modified validators are stable across restarts (RFC 9110 §8.8).
@@ -174,7 +177,7 @@ def curl_examples() -> list[str]:
 
 async def run_demo(stop: asyncio.Event | None = None) -> None:
     """Start the demo backends and the proxy in this process; run until `stop` or a signal."""
-    from lbproxy.process import server
+    from lbproxy.process import single, startup
 
     runners: list[web.AppRunner] = []
     try:
@@ -198,7 +201,7 @@ async def run_demo(stop: asyncio.Event | None = None) -> None:
                 print(f"  {line}")
             print("Ctrl-C to stop.", flush=True)
 
-        await server.serve(cfg, dataplane=server.load_dataplane(server.DEFAULT_DATAPLANE),
+        await single.serve(cfg, dataplane=startup.load_dataplane(startup.DEFAULT_DATAPLANE),
                            stop=stop, on_ready=announce)
     finally:
         for runner in runners:
@@ -207,12 +210,12 @@ async def run_demo(stop: asyncio.Event | None = None) -> None:
 
 def main() -> int:
     """`lbproxy demo`: run the demo until SIGTERM/SIGINT; returns the exit status."""
-    from lbproxy.process import server
+    from lbproxy.process.startup import StartupError
 
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(run_demo())
-    except server.StartupError as exc:
-        server.log(str(exc))
+    except StartupError as exc:
+        log.error("%s", exc)
         return 1
     return 0

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 
 from lbproxy.control import config
-from lbproxy.process import server
+from lbproxy.process.single import serve
 from lbproxy.proxy import DataPlane
 
 TOKEN = "s3cret-token"
@@ -38,10 +38,10 @@ def proxy_config(backends: list[str], token: str | None = None,
 
 @contextlib.asynccontextmanager
 async def in_process(cfg: dict[str, Any]) -> AsyncIterator[tuple[int, int, Any]]:
-    """`server.serve` in this loop with the real data plane: (proxy port, admin port, admin)."""
+    """`serve` in this loop with the real data plane: (proxy port, admin port, admin)."""
     stop = asyncio.Event()
     ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(server.serve(
+    task = asyncio.create_task(serve(
         config.from_dict(cfg), dataplane=DataPlane, stop=stop,
         on_ready=lambda listener, admin: ready.set_result((listener, admin))))
     try:

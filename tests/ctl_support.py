@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 TESTS = Path(__file__).parent
@@ -20,8 +21,8 @@ def lbproxy_argv(*args: str, dataplane: str | None = None) -> list[str]:
     if dataplane is None:
         return [sys.executable, "-m", "lbproxy", *args]
     code = (
-        "import sys; from lbproxy import cli; from lbproxy.process import server; "
-        f"server.DEFAULT_DATAPLANE = {dataplane!r}; sys.exit(cli.main(sys.argv[1:]))"
+        "import sys; from lbproxy import cli; from lbproxy.process import startup; "
+        f"startup.DEFAULT_DATAPLANE = {dataplane!r}; sys.exit(cli.main(sys.argv[1:]))"
     )
     return [sys.executable, "-c", code, *args]
 
@@ -65,6 +66,29 @@ async def wait_for_lines(proc: asyncio.subprocess.Process, pattern: re.Pattern[b
         if m:
             matches.append(m)
     return matches, seen
+
+
+async def wait_started(proc: asyncio.subprocess.Process, workers: int,
+                       ) -> tuple[list[re.Match[bytes]], int, bytes]:
+    """Wait for `workers` listening lines, then the admin line: (matches, admin port, seen).
+
+    Fails the test when they do not come, showing what the process wrote instead.
+    """
+    found, seen = await wait_for_lines(proc, LISTENING, workers)
+    assert len(found) == workers, seen
+    admin, more = await wait_for_lines(proc, ADMIN, 1)
+    assert admin, seen + more
+    return found, int(admin[0].group(2)), seen + more
+
+
+async def until_true(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    """Poll `predicate` every 20 ms until it is truthy; AssertionError after `timeout`."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
 
 
 async def stop(proc: asyncio.subprocess.Process, timeout: float = 20.0) -> tuple[int, bytes]:

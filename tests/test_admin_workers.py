@@ -20,7 +20,8 @@ from admin_support import TOKEN, call, origins_hit, proxy_config, until
 from ctl_support import ADMIN, LISTENING, spawn, stop, wait_for_lines
 
 from lbproxy.control import config
-from lbproxy.process import server
+from lbproxy.process.startup import DEFAULT_DATAPLANE
+from lbproxy.process.supervisor import WORKER_MODULE, Supervisor
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -116,14 +117,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_a_worker_that_does_not_confirm_is_named_in_the_answer(origins, monkeypatch):
-    monkeypatch.setattr(server, "PROPAGATION_TIMEOUT_S", 0.5)
+async def test_a_worker_that_does_not_confirm_is_named_in_the_answer(origins):
     cfg = proxy_config(origins)
     admin_port = _free_port()
     cfg["admin"]["bind"] = f"127.0.0.1:{admin_port}"
     stop_event = asyncio.Event()
-    task = asyncio.create_task(server.supervise(config.from_dict(cfg), 2,
-                                                server.DEFAULT_DATAPLANE, stop=stop_event))
+    supervisor = Supervisor(config.from_dict(cfg), 2, DEFAULT_DATAPLANE, stop=stop_event)
+    supervisor.propagation_timeout_s = 0.5
+    task = asyncio.create_task(supervisor.run())
 
     async def ready():
         try:
@@ -137,7 +138,7 @@ async def test_a_worker_that_does_not_confirm_is_named_in_the_answer(origins, mo
         me = os.getpid()
         workers = sorted(
             int(p) for p in Path(f"/proc/{me}/task/{me}/children").read_text().split()
-            if b"lbproxy.process.server" in Path(f"/proc/{p}/cmdline").read_bytes())
+            if WORKER_MODULE.encode() in Path(f"/proc/{p}/cmdline").read_bytes())
         assert len(workers) == 2
         stopped = workers[0]
         os.kill(stopped, signal.SIGSTOP)  # it cannot read the new line, let alone confirm

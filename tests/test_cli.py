@@ -160,3 +160,39 @@ async def test_contract_minimal_file_runs_as_written(tmp_path):
         proc.terminate()
         _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err
+
+
+def test_version_prints_the_installed_package_version():
+    from importlib import metadata
+
+    r = _lbproxy("--version")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"lbproxy {metadata.version('lbproxy')}"
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import argparse
+
+    top = cli.parser()
+    [sub] = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(sub.choices) == {"run", "check", "demo"}
+    described = {c.dest: c.help for c in sub._choices_actions}
+    assert all(described[name] for name in sub.choices), described
+    for name, parser in [("lbproxy", top), *sub.choices.items()]:
+        for action in parser._actions:
+            if action.option_strings:
+                assert action.help and len(action.help) > 10, (name, action.option_strings)
+    run_help = sub.choices["run"].format_help()
+    assert "--log-level {debug,info,warning,error}" in run_help
+    assert "--log-level" in sub.choices["demo"].format_help()
+
+
+@pytest.mark.parametrize("command", ["run", "demo"])
+def test_an_unknown_log_level_is_a_usage_error(tmp_path, capsys, command):
+    args = [command, "--log-level", "verbose"]
+    if command == "run":
+        args += ["-c", str(tmp_path / "x.toml")]
+    with pytest.raises(SystemExit) as exc:
+        cli.main(args)
+    assert exc.value.code == 2
+    assert "invalid choice: 'verbose'" in capsys.readouterr().err

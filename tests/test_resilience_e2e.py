@@ -28,7 +28,7 @@ from proxy_harness import (
 from lbproxy.balance.cluster import Outcome
 from lbproxy.control import config
 from lbproxy.policies.health import HealthChecker
-from lbproxy.process import server
+from lbproxy.process.single import serve
 from lbproxy.proxy import DataPlane
 
 GET = b"GET /v/1/seg HTTP/1.1\r\nHost: a\r\n\r\n"
@@ -261,7 +261,7 @@ async def test_serve_runs_health_checks_and_clusters_shows_healthy_and_ejected()
     })
     stop = asyncio.Event()
     ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(server.serve(
+    task = asyncio.create_task(serve(
         cfg, dataplane=DataPlane, stop=stop,
         on_ready=lambda listener, admin: ready.set_result(admin)))
     admin = await asyncio.wait_for(ready, 10)

@@ -25,13 +25,17 @@ from ctl_support import (
     spawn,
     stop,
     toml_config,
+    until_true,
     wait_for_lines,
+    wait_started,
 )
 
 from lbproxy import demo
 from lbproxy.balance.cluster import Lease, Outcome
 from lbproxy.control import config
-from lbproxy.process import server
+from lbproxy.process import listeners
+from lbproxy.process.single import serve
+from lbproxy.process.startup import StartupError
 from lbproxy.proxy import DataPlane
 
 pytestmark = pytest.mark.timeout(90)
@@ -69,15 +73,6 @@ async def held_origin():
     await runner.cleanup()
 
 
-async def _until(predicate, timeout=10.0):
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        if loop.time() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_run_proxies_then_exits_0_on_signal(tmp_path, origins, sig):
     cfg = toml_config("127.0.0.1:0", "127.0.0.1:0", origins)
@@ -110,11 +105,8 @@ async def standin_workers(tmp_path):
     proc = await spawn("run", "-c", cfg, "--workers", "2", dataplane=STANDIN)
     ended_by_test = False
     try:
-        found, seen = await wait_for_lines(proc, LISTENING, 2)
-        assert len(found) == 2, seen
-        admin, seen2 = await wait_for_lines(proc, ADMIN, 1)
-        assert admin, seen + seen2
-        yield proc, found, int(admin[0].group(2))
+        found, admin_port, _ = await wait_started(proc, 2)
+        yield proc, found, admin_port
         ended_by_test = proc.returncode is not None
     finally:
         rc, err = await stop(proc)
@@ -150,7 +142,7 @@ async def test_two_workers_both_accept_on_one_port(standin_workers):
 
 @pytest.fixture
 async def in_process(held_origin):
-    """`server.serve` in this loop with the real data plane; yields a small handle."""
+    """`serve` in this loop with the real data plane; yields a small handle."""
     held, _, _ = held_origin
     cfg = config.from_dict({
         "listener": {"bind": "127.0.0.1:0"},
@@ -173,8 +165,8 @@ async def in_process(held_origin):
     def on_ready(listener, admin):
         ready.set_result((listener, admin))
 
-    task = asyncio.create_task(server.serve(cfg, dataplane=DataPlane,
-                                            stop=stop_event, on_ready=on_ready))
+    task = asyncio.create_task(serve(cfg, dataplane=DataPlane, stop=stop_event,
+                                     on_ready=on_ready))
     listener, admin = await asyncio.wait_for(ready, 20)
     admin_port = admin._runner.addresses[0][1]
     yield listener, admin, admin_port, stop_event, task
@@ -223,11 +215,11 @@ async def test_drain_finishes_in_flight_requests_and_ready_goes_503(in_process, 
     _, release, arrived = held_origin
     assert (await _admin_json(admin_port, "/ready"))[0] == 200
     pending = asyncio.create_task(http_get("127.0.0.1", listener.port, "/held/1", timeout=30))
-    await _until(lambda: arrived)
+    await until_true(lambda: arrived)
     _, doc = await _admin_json(admin_port, "/clusters")
     assert doc["clusters"]["held"]["backends"][0]["inflight"] == 1
     stop_event.set()
-    await _until(lambda: admin.draining)
+    await until_true(lambda: admin.draining)
     status, body = await _admin_json(admin_port, "/ready")
     assert (status, body) == (503, {"ready": False, "reason": "draining"})
     with pytest.raises(OSError):  # the listener no longer accepts
@@ -272,10 +264,10 @@ def tls_files(tmp_path_factory):
 
 def test_ssl_context_from_listener_tls(tls_files):
     cert, key, _ = tls_files
-    ctx = server.build_ssl_context(config.TLS(cert=str(cert), key=str(key)))
+    ctx = listeners.build_ssl_context(config.TLS(cert=str(cert), key=str(key)))
     assert ctx.minimum_version >= ssl.TLSVersion.TLSv1_2
     with pytest.raises(ssl.SSLError):
-        server.build_ssl_context(config.TLS(cert=str(key), key=str(key)))
+        listeners.build_ssl_context(config.TLS(cert=str(key), key=str(key)))
 
 
 async def test_tls_listener_proxies_https(tmp_path, tls_files, origins):
@@ -341,7 +333,7 @@ cluster = "held"
             assert status == 200 and body == demo.segment_content(f"w{i}", "1.ts")
         pending = [asyncio.create_task(http_get("127.0.0.1", port, f"/held/{i}", timeout=30))
                    for i in range(6)]
-        await _until(lambda: len(arrived) == 6)
+        await until_true(lambda: len(arrived) == 6)
         total = 0
         for _ in range(100):  # bounded: reports arrive every REPORT_INTERVAL_S
             _, doc = await _admin_json(admin_port, "/clusters")
@@ -429,8 +421,8 @@ def test_a_bad_certificate_is_a_startup_error(tmp_path):
                             "routes": [{"cluster": "a"}]})
     from lbproxy.control.snapshot import build_snapshot
 
-    with pytest.raises(server.StartupError, match=r"cannot load listener\.tls"):
-        server.Listener(cfg, build_snapshot(cfg), DataPlane, 0)
+    with pytest.raises(StartupError, match=r"cannot load listener\.tls"):
+        listeners.Listener(cfg, build_snapshot(cfg), DataPlane, 0)
 
 
 def test_run_raises_the_soft_fd_limit_to_the_hard_limit():
@@ -441,7 +433,7 @@ def test_run_raises_the_soft_fd_limit_to_the_hard_limit():
 
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     code = (
-        "import resource; from lbproxy.process.server import raise_fd_limit; "
+        "import resource; from lbproxy.process.run import raise_fd_limit; "
         "print(raise_fd_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
     )
     # Start the child with a low soft limit, as a distribution's default would.

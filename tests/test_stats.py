@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 from lbproxy.admin.stats import DeltaReporter, add_deltas, stats_view
 from lbproxy.balance.cluster import Outcome
 from lbproxy.balance.latency import bucket_index
 from lbproxy.control import config
 from lbproxy.control.controller import Controller
+from lbproxy.process import messages
 
 A, B, C = "127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"
 
@@ -26,10 +25,12 @@ def _serve(controller, n, status=200, outcome=Outcome.OK, rtt_ns=3_000_000):
 
 
 def _ship(worker, deltas, supervisor):
-    # What the pipe does: JSON out, JSON in.
-    report = json.loads(json.dumps(deltas.collect(worker.snapshot)))
-    add_deltas(supervisor.states, report)
-    return report
+    # What the pipe does: a StatsDeltas line out, decoded and validated in the supervisor.
+    line = messages.encode(messages.StatsDeltas(deltas.collect(worker.snapshot)))
+    event = messages.decode_event(line, "worker 1/1")
+    assert isinstance(event, messages.StatsDeltas), line
+    add_deltas(supervisor.states, event.clusters)
+    return event.clusters
 
 
 def test_deltas_add_up_in_the_supervisor_across_workers_and_reports():

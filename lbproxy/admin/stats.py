@@ -78,6 +78,10 @@ def _flat(c: BackendCounters) -> list[int]:
     return [c.requests, c.failures, c.latency_ns, *c.responses, *c.by_outcome, c.retries]
 
 
+# How many counters one backend's "c" deltas carry (the pipe protocol checks it).
+FLAT_LENGTH = len(_flat(BackendCounters()))
+
+
 class DeltaReporter:
     """In a worker: what each backend's counters gained since the last report."""
 
