@@ -1,4 +1,4 @@
-"""The one table of responses the proxy itself produces (CONTRACT.md "Error statuses").
+"""The one table of responses the proxy itself produces (docs/admin-api.md lists them all).
 
 Owns status, reason text, the stable ``X-Lbproxy-Error`` code and the precomputed bytes of
 every locally generated response. Must not touch sockets: callers write the bytes.
