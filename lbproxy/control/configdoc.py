@@ -131,8 +131,9 @@ token = "a-long-random-secret"
     "timeouts": """\
 Each timeout bounds one wait. A client that is too slow gets `408 request_timeout`; a
 backend that does not start its response in time gets the client `504 backend_timeout`;
-a connect that fails or times out is retried on another backend (see
-[`[clusters.NAME.retry]`](#clustersnameretry)) before the client sees `502`.
+a connect that is refused or times out is retried on another backend (see
+[`[clusters.NAME.retry]`](#clustersnameretry)) before the client sees `502
+backend_connect_failed` or `504 backend_timeout`.
 
 ```toml
 [timeouts]
