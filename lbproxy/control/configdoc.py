@@ -172,6 +172,11 @@ that backend is usable, which keeps a video's segments on one cache; with
 of requests in flight. `p2c` suits uploads and other uneven, long requests.
 `round_robin` is the default.
 
+`panic_threshold`: while fewer than that share of the backends an operator has not
+drained are usable, ejections and failed health checks are ignored and all of those
+backends take traffic, so that failures do not pile onto the last ones standing. A drain
+is never ignored.
+
 ```toml
 [clusters.segments]
 policy = "maglev"
