@@ -80,16 +80,16 @@ class Timeouts(_Base, frozen=True):
 class Limits(_Base, frozen=True):
     """Request size limits (HAProxy tune.bufsize / nginx large_client_header_buffers)."""
 
-    max_request_line: int = 8192  # 414 past this
-    max_header_bytes: int = 65536  # 431 past this (all header lines together)
+    max_request_line: int = 8192  # bytes of the request line; 414 past this
+    max_header_bytes: int = 65536  # bytes of all header lines together; 431 past this
     max_headers: int = 100  # 431 past this many header fields
-    max_body_bytes: int = 0  # 413 past this; 0 = unlimited (routes may override)
+    max_body_bytes: int = 0  # bytes of a request body; 413 past this; 0 = unlimited
 
 
 class Upstream(_Base, frozen=True):
     """Per-backend connection pool settings."""
 
-    max_connections: int = 1024  # per backend, in use + idle
+    max_connections: int = 1024  # per backend and worker: connecting + in use + idle
     max_idle: int = 128  # idle keep-alive connections kept per backend
     idle_timeout: float = 60.0  # an idle pooled connection is closed after this
 
