@@ -9,7 +9,7 @@ PYX    := $(wildcard csrc/*.pyx csrc/*.pxd csrc/*.pxi csrc/*.h csrc/*.c)
 # Debian packages the tests and benchmarks drive as peers and load generators.
 DEBS   := haproxy nginx-light wrk curl
 
-.PHONY: all venv build native sysdeps demo test bench bench-quick lint typecheck debug clean
+.PHONY: all venv build native sysdeps demo test bench bench-quick lint typecheck docs debug clean
 
 all: build
 
@@ -65,6 +65,11 @@ bench-quick: build sysdeps
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+# docs/configuration.md is generated from the config schema and its field comments;
+# tests/test_docs_config.py fails while the committed page differs from this output.
+docs: venv
+	$(PY) -m lbproxy.control.configdoc -o docs/configuration.md
 
 # Cython line tracing + annotated HTML in build/cython, for py-spy/perf/cProfile work.
 debug: $(STAMP)

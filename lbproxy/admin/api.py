@@ -1,4 +1,4 @@
-"""The admin API (JSON over HTTP on `admin.bind`, aiohttp): the whole CONTRACT.md admin table.
+"""The admin API (JSON over HTTP on `admin.bind`, aiohttp): every route in docs/admin-api.md.
 
 Owns the HTTP surface: reading views (/ready, /clusters, /stats, /metrics, /openapi.json),
 turning PUT/PATCH bodies into a new `Config` (or new drain marks) handed to
@@ -11,8 +11,9 @@ touch the data plane's internals.
 
 Mutations are read-modify-write on `controller.config` with no await between the read and
 `apply()`, so two concurrent calls on one event loop cannot lose each other's change.
-With `admin.token` set, every non-safe method needs the bearer token (CONTRACT.md: "every
-mutating admin call"); safe methods (GET, HEAD) stay open, so monitoring needs no secret.
+With `admin.token` set, every non-safe method needs the bearer token (the documented rule:
+"every mutating admin call"); safe methods (GET, HEAD) stay open, so monitoring needs no
+secret.
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ class AdminAPI:
         }
 
     def clusters_view(self) -> dict[str, Any]:
-        """The /clusters document for the current snapshot (CONTRACT.md shape)."""
+        """The /clusters document for the current snapshot (the shape docs/admin-api.md shows)."""
         snap = self.snapshot  # read once: one consistent view
         out: dict[str, Any] = {}
         for name, cluster in snap.clusters.items():

@@ -29,7 +29,8 @@ from lbproxy.balance import latency
 from lbproxy.balance.cluster import Outcome
 from lbproxy.control.snapshot import Snapshot
 
-# The classic text format the contract names (prometheus_client's "latest" is newer).
+# The classic text format docs/admin-api.md documents for GET /metrics (prometheus_client's
+# "latest" is newer).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 

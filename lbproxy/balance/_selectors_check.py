@@ -1,7 +1,7 @@
 """Build-time validation of selector input, shared by the native core and its Python twin.
 
 Owns every ValueError a selector can raise, so `lbproxy.balance._selectors_c` and
-`lbproxy._selectors_py` reject the same input with the same words. It runs only when a
+`lbproxy.balance._selectors_py` reject the same input with the same words. It runs only when a
 selector is built (off the request path); it must not touch load counters or tables.
 """
 

@@ -3,9 +3,9 @@
 Owns the reference semantics of xxHash64, per-backend load (`BackendLoad`), Maglev,
 bounded-load hashing, P2C over peak-EWMA and smooth weighted round robin. Every result
 (hash, table, pick, RNG sequence, float cost) must equal the native module's bit for bit;
-tests/test_selectors*.py check it. Type checkers read this file, not the compiled one. It
-must not look at config, sockets or health: the caller's accept filter is the only input
-about a backend's state.
+tests/selector_core/test_selectors_*.py check it. Type checkers read this file, not the
+compiled one. It must not look at config, sockets or health: the caller's accept filter is
+the only input about a backend's state.
 """
 
 from __future__ import annotations

@@ -44,22 +44,24 @@ class _Base(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tru
 class TLS(_Base, frozen=True):
     """TLS termination for a listener (PEM files)."""
 
-    cert: str
-    key: str
+    cert: str  # PEM certificate chain file, leaf first; must exist when the config loads
+    key: str  # PEM private key file for `cert`; must exist when the config loads
 
 
 class Listener(_Base, frozen=True):
     """Where the data plane accepts client connections."""
 
-    bind: str = "127.0.0.1:8080"
-    tls: TLS | None = None
-    backlog: int = 1024
+    bind: str = "127.0.0.1:8080"  # host:port ([v6]:port) of an IP address, `localhost` or `*`
+    tls: TLS | None = None  # terminate TLS on this listener; plain HTTP when unset
+    backlog: int = 1024  # the listen(2) accept queue length
 
 
 class Admin(_Base, frozen=True):
     """Where the admin API listens; `token` guards every mutating call."""
 
-    bind: str = "127.0.0.1:9901"
+    bind: str = "127.0.0.1:9901"  # host:port of the admin API; must differ from listener.bind
+    # Bearer token every mutating call (PUT, PATCH) must send; reads stay open. Unset: no
+    # check, so bind the admin API to a trusted address. Must not be empty.
     token: str | None = None
 
 
@@ -68,7 +70,7 @@ class Timeouts(_Base, frozen=True):
 
     request_headers: float = 10.0  # whole request head; slowloris gets 408
     client_body_idle: float = 30.0  # no body byte from the client for this long: 408
-    client_idle: float = 60.0  # keep-alive client connection with no request
+    client_idle: float = 60.0  # keep-alive client connection with no request: closed
     connect: float = 2.0  # TCP connect to a backend
     upstream_headers: float = 30.0  # request sent, no response head yet: 504
     upstream_idle: float = 60.0  # no byte from the backend mid-response
@@ -78,16 +80,16 @@ class Timeouts(_Base, frozen=True):
 class Limits(_Base, frozen=True):
     """Request size limits (HAProxy tune.bufsize / nginx large_client_header_buffers)."""
 
-    max_request_line: int = 8192  # 414 past this
-    max_header_bytes: int = 65536  # 431 past this (all header lines together)
+    max_request_line: int = 8192  # bytes of the request line; 414 past this
+    max_header_bytes: int = 65536  # bytes of all header lines together; 431 past this
     max_headers: int = 100  # 431 past this many header fields
-    max_body_bytes: int = 0  # 413 past this; 0 = unlimited (routes may override)
+    max_body_bytes: int = 0  # bytes of a request body; 413 past this; 0 = unlimited
 
 
 class Upstream(_Base, frozen=True):
     """Per-backend connection pool settings."""
 
-    max_connections: int = 1024  # per backend, in use + idle
+    max_connections: int = 1024  # per backend and worker: connecting + in use + idle
     max_idle: int = 128  # idle keep-alive connections kept per backend
     idle_timeout: float = 60.0  # an idle pooled connection is closed after this
 
@@ -95,31 +97,32 @@ class Upstream(_Base, frozen=True):
 class Backend(_Base, frozen=True):
     """One backend of a cluster: ``{address, weight, zone}``."""
 
-    address: str
-    weight: int = 1
-    zone: str = ""
+    address: str  # host:port ([v6]:port for IPv6); unique within the cluster
+    weight: int = 1  # relative share of traffic, 1 to 2^31-1
+    zone: str = ""  # a label shown in /clusters; selection does not use it yet
 
 
 class OutlierDetection(_Base, frozen=True):
     """Passive ejection on consecutive failures (Envoy's outlier_detection, same defaults)."""
 
-    enabled: bool = True  # on with no configuration (CONTRACT.md)
+    enabled: bool = True  # on with no configuration; false turns ejection off
     consecutive_5xx: int = 5  # 5xx responses and connect/reset/timeout failures in a row
     consecutive_gateway_failure: int = 5  # 502/503/504 and connect/reset/timeout in a row
     base_ejection_time: float = 30.0  # seconds; x the number of times ejected
     max_ejection_time: float = 300.0  # cap on one ejection (seconds)
-    max_ejection_percent: float = 10.0  # at least one host may always be ejected
+    max_ejection_percent: float = 10.0  # share of backends ejected at once; one always may be
     interval: float = 10.0  # the ejection multiplier drops by one per interval not ejected
 
 
 class HealthCheck(_Base, frozen=True):
     """Active HTTP GET health checks; only clusters that configure one are checked."""
 
-    path: str
+    path: str  # request path of the probe (starts with '/'; ASCII, no spaces)
     interval: float = 5.0  # seconds between probes of one backend
     timeout: float = 1.0  # a probe with no status line by then failed
     unhealthy_threshold: int = 3  # failed probes in a row before marking unhealthy
     healthy_threshold: int = 2  # passed probes in a row before marking healthy again
+    # Statuses that pass: integers or "LOW-HIGH" ranges, inclusive, within 100-599.
     expected_statuses: list[int | str] = msgspec.field(default_factory=lambda: ["200-399"])
     host: str | None = None  # Host header; the backend's address when unset
 
@@ -142,10 +145,14 @@ class Retry(_Base, frozen=True):
 class ClusterConfig(_Base, frozen=True):
     """A named pool of backends and the policy that picks among them."""
 
-    backends: list[str | Backend]
+    backends: list[str | Backend]  # at least one; "host:port" or a backend table
+    # maglev: consistent hashing on the route's hash_on key; p2c: the cheaper of two random
+    # backends (peak-EWMA latency x in-flight, per weight); round_robin: smooth weighted.
     policy: Policy = "round_robin"
-    table_size: int = DEFAULT_TABLE_SIZE  # Maglev lookup table size (prime)
-    balance_factor: float = 1.25  # bounded-load cap c (Mirrokni et al. 2018); 0 disables
+    table_size: int = DEFAULT_TABLE_SIZE  # Maglev lookup table size: a prime >= the backends
+    # Maglev only: no backend takes more than c x the mean in-flight load (bounded-load
+    # consistent hashing, Mirrokni et al. 2018); >= 1, or 0 to disable.
+    balance_factor: float = 1.25
     seed: int = 0  # P2C's random stream; fixed so tests are deterministic
     # Percent of backends that must be usable (not ejected or unhealthy) before those marks
     # are ignored (Envoy's healthy_panic_threshold, default 50); 0 disables panic routing.
@@ -159,20 +166,25 @@ class ClusterConfig(_Base, frozen=True):
 class RouteConfig(_Base, frozen=True):
     """First-match-wins route: prefix (+ methods, host, headers) to a cluster."""
 
-    cluster: str
+    cluster: str  # the name of a cluster under [clusters]
+    # A plain byte prefix of the path: "/upload" also matches "/uploads"; write "/upload/"
+    # to require a segment boundary. Must start with '/'.
     path_prefix: str = "/"
-    methods: list[str] | None = None
-    host: str | None = None
-    headers: dict[str, str] | None = None
+    methods: list[str] | None = None  # only these methods (upper case, e.g. ["GET", "HEAD"])
+    host: str | None = None  # only this Host (case-insensitive, port ignored)
+    headers: dict[str, str] | None = None  # only when each named header has exactly this value
+    # The key a maglev cluster hashes: "path" (default), "path_regex:RE" (first capture
+    # group; the whole path when it does not match), "header:NAME", "query:NAME" or
+    # "cookie:NAME" (an absent one hashes as the empty key). Other policies ignore it.
     hash_on: str | None = None
-    max_body_bytes: int | None = None
+    max_body_bytes: int | None = None  # overrides limits.max_body_bytes for this route
 
 
 class Config(_Base, frozen=True):
     """The whole proxy configuration."""
 
-    clusters: dict[str, ClusterConfig]
-    routes: list[RouteConfig]
+    clusters: dict[str, ClusterConfig]  # at least one, by name
+    routes: list[RouteConfig]  # at least one; the first that matches a request wins (else 404)
     listener: Listener = msgspec.field(default_factory=Listener)
     admin: Admin = msgspec.field(default_factory=Admin)
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)

@@ -1,4 +1,4 @@
-"""Pure-Python twin of ``lbproxy._http_c``: request/response head validation and rewrite.
+"""Pure-Python twin of ``lbproxy.proxy._http_c``: request/response head validation and rewrite.
 
 Owns the per-request header work the parser (llhttp via httptools) leaves to us: the strict
 checks llhttp lets through (RFC 9112 §3, §6, §7; RFC 9110 §7.2, §7.6), hop-by-hop removal

@@ -1,4 +1,4 @@
-"""The one table of responses the proxy itself produces (CONTRACT.md "Error statuses").
+"""The one table of responses the proxy itself produces (docs/admin-api.md lists them all).
 
 Owns status, reason text, the stable ``X-Lbproxy-Error`` code and the precomputed bytes of
 every locally generated response. Must not touch sockets: callers write the bytes.
@@ -78,6 +78,12 @@ BACKEND_CONNECT_FAILED: Final = _build(
 )
 BACKEND_TIMEOUT: Final = _build(504, "backend_timeout", "backend timed out", True)
 
+# The cluster gate's Refusal codes the client may see, and their bodies (a 503 each).
+REFUSAL_REASONS: Final = {
+    "no_healthy_backend": "no healthy backend",
+    "shed": "overloaded, request shed",
+    "circuit_open": "circuit open",
+}
 _REFUSALS: dict[tuple[str, int], ProxyError] = {}
 
 
@@ -86,12 +92,8 @@ def refusal(code: str, retry_after: int) -> ProxyError:
     key = (code, retry_after)
     err = _REFUSALS.get(key)
     if err is None:
-        reasons = {
-            "no_healthy_backend": "no healthy backend",
-            "shed": "overloaded, request shed",
-            "circuit_open": "circuit open",
-        }
-        err = _build(503, code, reasons.get(code, "service unavailable"), True, max(1, retry_after))
+        reason = REFUSAL_REASONS.get(code, "service unavailable")
+        err = _build(503, code, reason, True, max(1, retry_after))
         if len(_REFUSALS) < 256:  # codes are a small fixed set; bound the cache anyway
             _REFUSALS[key] = err
     return err

@@ -1,4 +1,4 @@
-"""Facade over the request/response head code: the compiled ``lbproxy._http_c`` or its twin.
+"""Facade over the request/response head code: the compiled ``lbproxy.proxy._http_c`` or its twin.
 
 ``LBPROXY_NO_EXTENSIONS=1`` (or a missing build) selects the pure-Python twin
 ``lbproxy.proxy._http_py``; type checkers always read the twin. ``NATIVE`` says which one

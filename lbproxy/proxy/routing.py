@@ -1,6 +1,6 @@
 """Routing: which route (and so which cluster) a request goes to, and its hash key.
 
-Owns `Router` (first match wins, as CONTRACT.md says) and `Route.hash_key`. Everything a
+Owns `Router` (first match wins, as documented for `[[routes]]`) and `Route.hash_key`. Everything a
 route needs is compiled when the snapshot is built: `match()` and `hash_key()` run per
 request and never compile a regex or parse config.
 Must not touch the selectors' internals: a route only hands its cluster a key.
@@ -191,7 +191,7 @@ class Route:
 
 @final
 class Router:
-    """An ordered list of routes; the first that matches wins (CONTRACT.md)."""
+    """An ordered list of routes; the first that matches wins (as documented)."""
 
     __slots__ = ("routes",)
 
