@@ -5,7 +5,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NATIVE := $(VENV)/.native
-PYX    := $(wildcard csrc/*.pyx csrc/*.pxd csrc/*.pxi csrc/*.h csrc/*.c)
+# What the compiled modules are built from: the twins' .pyx and C headers in csrc/, every
+# .pxd, and the one-source Python modules (those with a "# cython:" header).
+PYX    := $(wildcard csrc/*.pyx csrc/*.h csrc/*.c) $(shell find lbproxy -name '*.pxd') \
+          $(shell grep -rl --include='*.py' '^\# cython:' lbproxy)
 # Debian packages the tests and benchmarks drive as peers and load generators.
 DEBS   := haproxy nginx-light wrk curl
 

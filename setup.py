@@ -26,13 +26,30 @@ if DEBUG:
     directives.update({"linetrace": True, "profile": True})
     macros.append(("CYTHON_TRACE_NOGIL", "1"))
 
-# Compiled module -> its source.
+# Every compiled module and its source. A ``.pyx`` in csrc/ is a twin of a Python module
+# (a different shape in C); a ``.py`` is one source compiled through the ``.pxd`` beside
+# it that carries the module's name (lbproxy/native.py lists the pairs).
 NATIVE_MODULES = {
     "lbproxy.balance._selectors_c": "csrc/_selectors_c.pyx",
+    "lbproxy.balance._latency_c": "lbproxy/balance/latency.py",
+    "lbproxy.balance._cluster_c": "lbproxy/balance/cluster.py",
     "lbproxy.proxy._http_c": "csrc/_http_c.pyx",
-    "lbproxy._proxy_c": "csrc/_proxy_c.pyx",
-    "lbproxy._gate_c": "csrc/_gate_c.pyx",
+    "lbproxy.proxy._client_c": "lbproxy/proxy/client.py",
+    "lbproxy.proxy._pool_c": "lbproxy/proxy/pool.py",
 }
+
+
+def _forget_stale_c() -> None:
+    """Drop generated C older than any .pxd: cythonize does not see that a one-source
+    module's augmenting .pxd (or one it cimports) changed, and would keep stale types."""
+    pxd_mtime = max(p.stat().st_mtime for p in HERE.glob("**/*.pxd")
+                    if ".venv" not in p.parts and "build" not in p.parts)
+    for c_file in (HERE / "build" / "cython").glob("**/*.c"):
+        if c_file.stat().st_mtime < pxd_mtime:
+            c_file.unlink()
+
+
+_forget_stale_c()
 
 extensions = [
     Extension(

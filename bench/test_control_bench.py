@@ -7,9 +7,9 @@ case.
 
 from __future__ import annotations
 
-from lbproxy.balance.cluster import Lease, Outcome
+from lbproxy.balance.gate import Lease, Outcome
 from lbproxy.control import config
-from lbproxy.control.snapshot import build_snapshot
+from lbproxy.control.snapshot import snapshot_of
 
 PATH = b"/v/3f2a91c0/00017.ts"
 HEADERS = [(b"host", b"cdn.example.com"), (b"user-agent", b"player/1.0"),
@@ -17,7 +17,7 @@ HEADERS = [(b"host", b"cdn.example.com"), (b"user-agent", b"player/1.0"),
 
 
 def _snapshot():
-    return build_snapshot(config.from_dict({
+    return snapshot_of(config.from_dict({
         "clusters": {
             "segments": {"policy": "maglev", "backends": [f"127.0.0.1:{9000 + i}"
                                                           for i in range(20)]},

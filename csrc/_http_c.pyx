@@ -1,6 +1,9 @@
 # cython: language_level=3
 """Compiled twin of ``lbproxy.proxy._http_py``: request/response head validation and rewrite.
 
+Built as ``lbproxy.proxy._http_c``; ``lbproxy/proxy/_http_c.pxd`` declares `HeadCollector`,
+the base class the compiled protocols (lbproxy/proxy/client.py, pool.py) cimport.
+
 Same functions, same results (tests/test_proxy_http_twin.py checks it with hypothesis); the
 comments and RFC citations live in the twin. What is native here: character-class checks
 over C lookup tables, one bytearray built per head, no intermediate lists on the common
@@ -17,17 +20,19 @@ import os
 
 from lbproxy.proxy._http_py import STATUS_LINES as _STATUS_LINES_DICT
 
-DEF OK = 0
-DEF E_BAD_REQUEST = 1
-DEF E_TRANSFER_CODING = 2
-DEF E_EXPECTATION = 3
-DEF FRAME_NONE = 0
-DEF FRAME_LENGTH = 1
-DEF FRAME_CHUNKED = 2
-DEF FRAME_CLOSE = 3
-DEF F_CLOSE = 1
-DEF F_EXPECT_CONTINUE = 2
-DEF F_UPGRADE = 4
+from lbproxy._codes cimport (
+    E_BAD_REQUEST,
+    E_EXPECTATION,
+    E_TRANSFER_CODING,
+    F_CLOSE,
+    F_EXPECT_CONTINUE,
+    F_UPGRADE,
+    FRAME_CHUNKED,
+    FRAME_CLOSE,
+    FRAME_LENGTH,
+    FRAME_NONE,
+    OK,
+)
 
 cdef unsigned char _ID_OK[256]
 cdef unsigned char _DIGIT[256]
@@ -98,7 +103,35 @@ cdef tuple _BAD_REQ = (E_BAD_REQUEST, b"", b"", b"", 0, 0, 0, b"")
 cdef tuple _BAD_RESP = (E_BAD_REQUEST, 0, 0, 0, False, False, b"")
 
 
-include "_head_collector.pxi"
+cdef class HeadCollector:
+    """Parser-callback base: collects header fields, lowercased, within the head limits."""
+
+    def __cinit__(self, *args, **kwargs):
+        self.headers = []
+        self.header_bytes = 0
+        self.max_header_bytes = 65536
+        self.max_headers = 100
+        self.in_head = False
+
+    def on_header(self, bytes name, bytes value):
+        """httptools callback: one field; ignored outside the head (trailers are dropped)."""
+        if not self.in_head:
+            return
+        self.header_bytes += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4
+        if (self.header_bytes > self.max_header_bytes
+                or PyList_GET_SIZE(self.headers) >= self.max_headers):
+            self.head_too_large()
+            return
+        # RFC 9110 §5.5: leading and trailing whitespace is not part of a field value;
+        # llhttp drops the leading OWS only ("Content-Length: 5 " must mean 5).
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(value)
+        if n and PyBytes_AS_STRING(value)[n - 1] in (32, 9):
+            value = value.rstrip(b" \t")
+        self.headers.append((name.lower(), value))
+
+    def head_too_large(self):
+        """Called when a limit is passed; subclasses raise their own error."""
+        raise ValueError("header limits exceeded")
 
 
 # Request ids: 96 bits from xoshiro256** (Blackman & Vigna 2018) seeded from os.urandom;

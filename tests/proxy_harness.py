@@ -18,7 +18,7 @@ import httptools
 import uvloop
 
 from lbproxy.control import config
-from lbproxy.control.snapshot import build_snapshot
+from lbproxy.control.snapshot import snapshot_of
 from lbproxy.proxy import DataPlane
 
 BLOCK = bytes(range(256)) * 256  # 64 KiB deterministic pattern
@@ -255,7 +255,7 @@ class Proxy:
 
     def __init__(self, cfg: config.Config) -> None:
         self.cfg = cfg
-        self.snapshot = build_snapshot(cfg)
+        self.snapshot = snapshot_of(cfg)
         self.plane = DataPlane(self.snapshot, asyncio.get_running_loop())
         self.server: asyncio.AbstractServer | None = None
         self.port = 0

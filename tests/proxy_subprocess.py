@@ -10,14 +10,14 @@ import sys
 import uvloop
 
 from lbproxy.control import config
-from lbproxy.control.snapshot import build_snapshot
+from lbproxy.control.snapshot import snapshot_of
 from lbproxy.proxy import DataPlane
 
 
 async def main(cfg_json: str) -> None:
     """Listen on 127.0.0.1, port 0; print the port; serve forever."""
     cfg = config.from_dict(json.loads(cfg_json))
-    plane = DataPlane(build_snapshot(cfg), asyncio.get_running_loop())
+    plane = DataPlane(snapshot_of(cfg), asyncio.get_running_loop())
     server = await asyncio.get_running_loop().create_server(
         plane.protocol_factory, "127.0.0.1", 0
     )

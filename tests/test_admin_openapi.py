@@ -10,7 +10,7 @@ from openapi_spec_validator import validate
 from lbproxy.admin import openapi
 from lbproxy.admin.api import AdminAPI
 from lbproxy.control import config
-from lbproxy.control.snapshot import build_snapshot
+from lbproxy.control.snapshot import snapshot_of
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -21,7 +21,7 @@ def test_the_document_is_valid_openapi():
 
 def test_documented_paths_and_methods_are_exactly_the_served_routes():
     cfg = config.from_dict(proxy_config(["127.0.0.1:1"]))
-    api = AdminAPI(build_snapshot(cfg))
+    api = AdminAPI(snapshot_of(cfg))
     served = {(r.resource.canonical, r.method.lower())  # type: ignore[union-attr]
               for r in api.app.router.routes() if r.method != "HEAD"}
     documented = {(path, method) for path, ops in openapi.DOCUMENT["paths"].items()

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lbproxy.balance import selectors
-from lbproxy.balance.cluster import (
+from lbproxy.balance.gate import (
     NO_HEALTHY_BACKEND,
     BackendInfo,
     Cluster,
@@ -15,7 +15,7 @@ from lbproxy.balance.cluster import (
     Refusal,
 )
 from lbproxy.control import config
-from lbproxy.control.snapshot import Snapshot, build_snapshot
+from lbproxy.control.snapshot import Snapshot, snapshot_of
 
 
 def _cfg(clusters, routes=None):
@@ -28,7 +28,7 @@ THREE = ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]
 
 @pytest.mark.parametrize("policy", ["maglev", "p2c", "round_robin"])
 def test_begin_end_returns_inflight_to_zero(policy):
-    snap = build_snapshot(_cfg({"c": {"policy": policy, "backends": THREE}}))
+    snap = snapshot_of(_cfg({"c": {"policy": policy, "backends": THREE}}))
     cluster = snap.clusters["c"]
     leases = []
     for i in range(300):
@@ -49,7 +49,7 @@ def test_begin_end_returns_inflight_to_zero(policy):
 
 
 def test_lease_end_twice_is_an_error():
-    cluster = build_snapshot(_cfg({"c": {"backends": THREE}})).clusters["c"]
+    cluster = snapshot_of(_cfg({"c": {"backends": THREE}})).clusters["c"]
     lease = cluster.begin(b"k", 0)
     assert isinstance(lease, Lease)
     lease.end(Outcome.OK, 10)
@@ -60,7 +60,7 @@ def test_lease_end_twice_is_an_error():
 
 @pytest.mark.parametrize("policy", ["maglev", "p2c", "round_robin"])
 def test_drained_backend_is_never_picked(policy):
-    snap = build_snapshot(_cfg({"c": {"policy": policy, "backends": THREE}}))
+    snap = snapshot_of(_cfg({"c": {"policy": policy, "backends": THREE}}))
     cluster = snap.clusters["c"]
     cluster.state.set_drain("127.0.0.1:9002", True)
     assert cluster.state.state_of("127.0.0.1:9002") == "drain"
@@ -76,7 +76,7 @@ def test_drained_backend_is_never_picked(policy):
 
 
 def test_all_drained_is_a_refusal():
-    cluster = build_snapshot(_cfg({"c": {"policy": "maglev", "backends": THREE}})).clusters["c"]
+    cluster = snapshot_of(_cfg({"c": {"policy": "maglev", "backends": THREE}})).clusters["c"]
     for a in THREE:
         cluster.state.set_drain(a, True)
     r = cluster.begin(b"/v/1/2", 0)
@@ -86,9 +86,9 @@ def test_all_drained_is_a_refusal():
 
 def test_drain_survives_a_new_snapshot():
     states: dict[str, ClusterState] = {}
-    build_snapshot(_cfg({"c": {"backends": THREE}}), states, 1)
+    snapshot_of(_cfg({"c": {"backends": THREE}}), states, 1)
     states["c"].set_drain("127.0.0.1:9001", True)
-    snap2 = build_snapshot(_cfg({"c": {"backends": THREE}}), states, 2)
+    snap2 = snapshot_of(_cfg({"c": {"backends": THREE}}), states, 2)
     picked = set()
     for i in range(30):
         lease = snap2.clusters["c"].begin(b"", i)
@@ -100,11 +100,11 @@ def test_drain_survives_a_new_snapshot():
 
 def test_surviving_addresses_keep_their_slots_and_freed_slots_are_reused():
     states: dict[str, ClusterState] = {}
-    s1 = build_snapshot(_cfg({"c": {"backends": THREE}}), states, 1)
+    s1 = snapshot_of(_cfg({"c": {"backends": THREE}}), states, 1)
     slots1 = {b.address: b.slot for b in s1.clusters["c"].backends}
     assert sorted(slots1.values()) == [0, 1, 2]
     # 9002 leaves, 9004 arrives: survivors keep their slots, the newcomer takes the free one.
-    s2 = build_snapshot(
+    s2 = snapshot_of(
         _cfg({"c": {"backends": ["127.0.0.1:9003", "127.0.0.1:9004", "127.0.0.1:9001"]}}),
         states, 2)
     slots2 = {b.address: b.slot for b in s2.clusters["c"].backends}
@@ -116,13 +116,13 @@ def test_surviving_addresses_keep_their_slots_and_freed_slots_are_reused():
 
 def test_in_flight_survives_a_pool_change_and_busy_slots_are_not_reused():
     states: dict[str, ClusterState] = {}
-    s1 = build_snapshot(_cfg({"c": {"policy": "round_robin", "backends": THREE}}), states, 1)
+    s1 = snapshot_of(_cfg({"c": {"policy": "round_robin", "backends": THREE}}), states, 1)
     leases = [s1.clusters["c"].begin(b"", i) for i in range(3)]
     assert all(isinstance(x, Lease) for x in leases)
     by_addr = {x.backend.address: x for x in leases if isinstance(x, Lease)}
     assert set(by_addr) == set(THREE)
     # 9002 leaves while a request to it is in flight; 9004 arrives.
-    s2 = build_snapshot(
+    s2 = snapshot_of(
         _cfg({"c": {"backends": ["127.0.0.1:9001", "127.0.0.1:9003", "127.0.0.1:9004"]}}),
         states, 2)
     state = states["c"]
@@ -133,7 +133,7 @@ def test_in_flight_survives_a_pool_change_and_busy_slots_are_not_reused():
         x.end(Outcome.OK, 100)
     assert state.load.inflight(by_addr["127.0.0.1:9002"].slot) == 0
     # Once idle, the retired slot is reusable at the next build.
-    s3 = build_snapshot(
+    s3 = snapshot_of(
         _cfg({"c": {"backends": ["127.0.0.1:9001", "127.0.0.1:9003", "127.0.0.1:9004",
                                  "127.0.0.1:9005"]}}), states, 3)
     assert s3.clusters["c"].backend("127.0.0.1:9005").slot == by_addr["127.0.0.1:9002"].slot
@@ -143,18 +143,18 @@ def test_removed_cluster_state_is_dropped_and_routes_bind_clusters():
     states: dict[str, ClusterState] = {}
     cfg = _cfg({"a": {"backends": THREE}, "b": {"backends": ["127.0.0.1:1"]}},
                [{"path_prefix": "/b", "cluster": "b"}, {"cluster": "a"}])
-    snap = build_snapshot(cfg, states)
+    snap = snapshot_of(cfg, states)
     assert isinstance(snap, Snapshot) and set(states) == {"a", "b"}
     route = snap.router.match(b"GET", b"/b/x", b"", [])
     assert route is not None and route.cluster is snap.clusters["b"]
-    build_snapshot(_cfg({"a": {"backends": THREE}}), states, 2)
+    snapshot_of(_cfg({"a": {"backends": THREE}}), states, 2)
     assert set(states) == {"a"}
     with pytest.raises(TypeError):
         snap.clusters["z"] = snap.clusters["a"]  # type: ignore[index]
 
 
 def test_policy_builds_the_documented_selector():
-    snap = build_snapshot(_cfg({
+    snap = snapshot_of(_cfg({
         "m": {"policy": "maglev", "backends": THREE, "table_size": 101},
         "m0": {"policy": "maglev", "backends": THREE, "balance_factor": 0, "table_size": 101},
         "p": {"policy": "p2c", "backends": THREE},
@@ -167,7 +167,7 @@ def test_policy_builds_the_documented_selector():
 
 
 def test_maglev_sends_every_segment_of_a_video_to_one_backend():
-    snap = build_snapshot(_cfg(
+    snap = snapshot_of(_cfg(
         {"segments": {"policy": "maglev", "backends": THREE, "balance_factor": 0}},
         [{"cluster": "segments", "hash_on": "path_regex:^/v/([^/]+)/"}]))
     for video in ("a", "b", "c", "d"):
@@ -198,7 +198,7 @@ class _Recorder:
 
 def test_admission_policies_and_outcome_observers_plug_into_the_gate():
     states: dict[str, ClusterState] = {}
-    snap = build_snapshot(_cfg({"c": {"backends": ["127.0.0.1:1"]}}), states)
+    snap = snapshot_of(_cfg({"c": {"backends": ["127.0.0.1:1"]}}), states)
     rec = _Recorder()
     states["c"].observers = (rec,)
     lease = snap.clusters["c"].begin(b"", 0)
@@ -214,7 +214,7 @@ def test_admission_policies_and_outcome_observers_plug_into_the_gate():
 
 
 def test_backend_info_is_immutable():
-    cluster = build_snapshot(_cfg({"c": {"backends": [
+    cluster = snapshot_of(_cfg({"c": {"backends": [
         {"address": "127.0.0.1:7", "weight": 3, "zone": "z1"}]}})).clusters["c"]
     info = cluster.backends[0]
     assert info == BackendInfo("127.0.0.1:7", "127.0.0.1", 7, 3, "z1", 0)
@@ -241,7 +241,7 @@ _op = st.one_of(
 @given(first=_pool, ops=st.lists(_op, max_size=30))
 def test_slots_and_inflight_stay_consistent_across_pool_changes(first, ops):
     states: dict[str, ClusterState] = {}
-    snap = build_snapshot(_cfg({"c": {"backends": first}}), states)
+    snap = snapshot_of(_cfg({"c": {"backends": first}}), states)
     state = states["c"]
     open_leases: list[Lease] = []
     version = 1
@@ -250,7 +250,7 @@ def test_slots_and_inflight_stay_consistent_across_pool_changes(first, ops):
             before = dict(state.slots)
             busy = {lease.slot: lease.backend.address for lease in open_leases}
             version += 1
-            snap = build_snapshot(_cfg({"c": {"backends": arg}}), states, version)
+            snap = snapshot_of(_cfg({"c": {"backends": arg}}), states, version)
             members = {b.address: b.slot for b in snap.clusters["c"].backends}
             assert len(set(members.values())) == len(members)  # unique slots
             for address, slot in members.items():
@@ -276,10 +276,10 @@ def test_slots_and_inflight_stay_consistent_across_pool_changes(first, ops):
 
 def test_a_removed_backend_forgets_its_drain_mark():
     states: dict[str, ClusterState] = {}
-    build_snapshot(_cfg({"c": {"backends": THREE}}), states, 1)
+    snapshot_of(_cfg({"c": {"backends": THREE}}), states, 1)
     states["c"].set_drain("127.0.0.1:9002", True)
-    build_snapshot(_cfg({"c": {"backends": ["127.0.0.1:9001"]}}), states, 2)
-    snap = build_snapshot(_cfg({"c": {"backends": THREE}}), states, 3)
+    snapshot_of(_cfg({"c": {"backends": ["127.0.0.1:9001"]}}), states, 2)
+    snap = snapshot_of(_cfg({"c": {"backends": THREE}}), states, 3)
     assert states["c"].state_of("127.0.0.1:9002") == "active"
     slot = snap.clusters["c"].backend("127.0.0.1:9002").slot
     assert states["c"].load.accepts(slot)

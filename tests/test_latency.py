@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lbproxy.balance import latency
-from lbproxy.balance.cluster import ClusterState, Outcome
+from lbproxy.balance.gate import ClusterState, Outcome
 from lbproxy.balance.latency import N_BUCKETS, bucket_bounds_us, bucket_index
 from lbproxy.control.config import ClusterConfig
 
@@ -54,7 +54,7 @@ def test_octave_counts_are_cumulative_and_exact():
 
 def test_lease_end_records_the_real_latency_not_the_failure_penalty():
     state = ClusterState("c")
-    from lbproxy.balance.cluster import Cluster
+    from lbproxy.balance.gate import Cluster
 
     cluster = Cluster("c", ClusterConfig(backends=["127.0.0.1:1"]), state)
     lease = cluster.begin(b"k", 0)

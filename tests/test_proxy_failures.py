@@ -25,7 +25,7 @@ from proxy_harness import (
     status_of,
 )
 
-from lbproxy.balance.cluster import Outcome
+from lbproxy.balance.gate import Outcome
 
 H = b"Host: a\r\n"
 FAST = {"request_headers": 0.3, "client_body_idle": 0.3, "client_idle": 0.3, "connect": 0.3,

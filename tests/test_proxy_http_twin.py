@@ -1,9 +1,8 @@
-"""The compiled head code (`lbproxy._http_c`) and its pure-Python twin agree, and it loaded."""
+"""The compiled head code (`lbproxy.proxy._http_c`) and its Python twin agree; it loaded."""
 
 from __future__ import annotations
 
 import importlib
-import os
 import re
 from types import ModuleType
 
@@ -11,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lbproxy import native
 from lbproxy.proxy import _http_py, http
 
 IMPLS = ["py", "native"]
@@ -29,8 +29,8 @@ def impl(request: pytest.FixtureRequest) -> ModuleType:
 
 
 def test_native_module_loaded() -> None:
-    """Fails when the build did not produce lbproxy._http_c (yarl's test_quoting_c_loaded)."""
-    if os.environ.get("LBPROXY_NO_EXTENSIONS") == "1":
+    """Fails when the build did not produce lbproxy.proxy._http_c (yarl's test_quoting_c_loaded)."""
+    if native.NO_EXTENSIONS:
         pytest.skip("extensions disabled on purpose")
     importlib.import_module("lbproxy.proxy._http_c")
     assert http.NATIVE

@@ -6,7 +6,7 @@ import asyncio
 
 from proxy_harness import Backend, Client, Reply, make_config, on_uvloop, running
 
-from lbproxy.control.snapshot import build_snapshot
+from lbproxy.control.snapshot import snapshot_of
 
 H = b"Host: a\r\n"
 
@@ -67,7 +67,7 @@ async def test_snapshot_swap_applies_to_the_next_request() -> None:
         c = await Client.connect(proxy.port)
         await c.send(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
         assert (await c.response()).body == b"old"
-        proxy.plane.snapshot = build_snapshot(make_config([new]), version=2)
+        proxy.plane.snapshot = snapshot_of(make_config([new]), version=2)
         await c.send(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
         assert (await c.response()).body == b"new"
         c.close()

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from lbproxy.balance.cluster import NO_HEALTHY_BACKEND, Lease, Outcome, Refusal
+from lbproxy.balance.gate import NO_HEALTHY_BACKEND, Lease, Outcome, Refusal
 from lbproxy.control import config
-from lbproxy.control.snapshot import build_snapshot
+from lbproxy.control.snapshot import snapshot_of
 from lbproxy.policies.breaker import CIRCUIT_OPEN, Breaker
 from lbproxy.policies.health import RiseFall, parse_status_line, status_ok
 from lbproxy.policies.install import detector_of
@@ -25,7 +25,7 @@ BAD = THREE[0]
 def _snap(cluster=None, states=None, version=1, backends=THREE):
     cl = {"policy": "round_robin", "backends": backends, **(cluster or {})}
     cfg = config.from_dict({"clusters": {"c": cl}, "routes": [{"cluster": "c"}]})
-    return build_snapshot(cfg, states, version)
+    return snapshot_of(cfg, states, version)
 
 
 def _fail(cluster, address, n, now, outcome=Outcome.HTTP_5XX, status=500):

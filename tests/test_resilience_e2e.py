@@ -25,7 +25,7 @@ from proxy_harness import (
     status_of,
 )
 
-from lbproxy.balance.cluster import Outcome
+from lbproxy.balance.gate import Outcome
 from lbproxy.control import config
 from lbproxy.policies.health import HealthChecker
 from lbproxy.process.single import serve
@@ -198,7 +198,7 @@ async def test_a_backend_that_is_down_at_start_is_marked_at_the_first_probe():
 
 
 def _without_checks(proxy: Proxy) -> Any:
-    from lbproxy.control.snapshot import build_snapshot
+    from lbproxy.control.snapshot import snapshot_of
 
     cfg = proxy.snapshot.config
     cluster = cfg.clusters["c"]
@@ -207,7 +207,7 @@ def _without_checks(proxy: Proxy) -> Any:
         "routes": [{"cluster": "c"}],
     })
     states = {"c": proxy.snapshot.clusters["c"].state}
-    return build_snapshot(plain, states, 2)
+    return snapshot_of(plain, states, 2)
 
 
 async def _held_handler(backend: Backend, reader: asyncio.StreamReader,

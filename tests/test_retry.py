@@ -4,9 +4,9 @@ with `exclude` (Maglev fallback order, P2C and round robin), and the `[retry]` c
 import pytest
 
 from lbproxy.admin import stats
-from lbproxy.balance.cluster import NO_HEALTHY_BACKEND, Lease, Outcome
+from lbproxy.balance.gate import NO_HEALTHY_BACKEND, Lease, Outcome
 from lbproxy.control import config
-from lbproxy.control.snapshot import build_snapshot
+from lbproxy.control.snapshot import snapshot_of
 from lbproxy.policies.install import install
 from lbproxy.policies.retry import RETRY_BUDGET_EXHAUSTED, RetryBudget
 
@@ -17,7 +17,7 @@ THREE = ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]
 def _cluster(policy, **extra):
     cfg = config.from_dict({"clusters": {"c": {"policy": policy, "backends": THREE, **extra}},
                             "routes": [{"cluster": "c"}]})
-    return build_snapshot(cfg).clusters["c"]
+    return snapshot_of(cfg).clusters["c"]
 
 
 def _unbudgeted(policy):
@@ -174,8 +174,8 @@ def test_retry_config_errors_name_the_field(field, value, path):
 def test_retries_reach_stats_and_travel_from_workers_to_the_supervisor():
     cfg = config.from_dict({"clusters": {"c": {"policy": "maglev", "backends": THREE}},
                             "routes": [{"cluster": "c"}]})
-    worker = build_snapshot(cfg)
-    supervisor = build_snapshot(cfg)
+    worker = snapshot_of(cfg)
+    supervisor = snapshot_of(cfg)
     cluster = worker.clusters["c"]
     cluster.state.retry_admission = ()
     first = cluster.begin(b"k", 0)

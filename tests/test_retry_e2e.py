@@ -25,7 +25,7 @@ from proxy_harness import (
     status_of,
 )
 
-from lbproxy.balance.cluster import Outcome
+from lbproxy.balance.gate import Outcome
 from lbproxy.control import config
 
 H = b"Host: a\r\n"

@@ -31,7 +31,7 @@ from ctl_support import (
 )
 
 from lbproxy import demo
-from lbproxy.balance.cluster import Lease, Outcome
+from lbproxy.balance.gate import Lease, Outcome
 from lbproxy.control import config
 from lbproxy.process import listeners
 from lbproxy.process.single import serve
@@ -202,9 +202,9 @@ async def test_clusters_has_the_contract_shape_and_live_inflight(in_process):
 
 async def test_snapshot_is_swapped_by_one_assignment(in_process):
     _, admin, admin_port, _, _ = in_process
-    from lbproxy.control.snapshot import build_snapshot
+    from lbproxy.control.snapshot import snapshot_of
 
-    new = build_snapshot(admin.snapshot.config, {}, 7)
+    new = snapshot_of(admin.snapshot.config, {}, 7)
     admin.snapshot = new
     _, doc = await _admin_json(admin_port, "/clusters")
     assert doc["clusters"]["segments"]["version"] == 7
@@ -232,11 +232,11 @@ async def test_drain_finishes_in_flight_requests_and_ready_goes_503(in_process, 
 
 async def test_ready_is_503_while_starting():
     from lbproxy.admin.api import AdminAPI
-    from lbproxy.control.snapshot import build_snapshot
+    from lbproxy.control.snapshot import snapshot_of
 
     cfg = config.from_dict({"clusters": {"a": {"backends": ["127.0.0.1:1"]}},
                             "routes": [{"cluster": "a"}]})
-    api = AdminAPI(build_snapshot(cfg))
+    api = AdminAPI(snapshot_of(cfg))
     port = await api.start("127.0.0.1", 0)
     try:
         assert await _admin_json(port, "/ready") == (503, {"ready": False,
@@ -300,11 +300,11 @@ def test_missing_tls_files_are_config_errors(tmp_path):
 
 def test_clusters_document_is_json_serialisable(tmp_path):
     from lbproxy.admin.api import AdminAPI
-    from lbproxy.control.snapshot import build_snapshot
+    from lbproxy.control.snapshot import snapshot_of
 
     cfg = config.from_dict({"clusters": {"a": {"backends": ["127.0.0.1:1"]}},
                             "routes": [{"cluster": "a"}]})
-    doc = AdminAPI(build_snapshot(cfg, {}, 3), lambda c, a: 5).clusters_view()
+    doc = AdminAPI(snapshot_of(cfg, {}, 3), lambda c, a: 5).clusters_view()
     assert json.loads(json.dumps(doc))["clusters"]["a"]["backends"][0]["inflight"] == 5
 
 
@@ -419,10 +419,10 @@ def test_a_bad_certificate_is_a_startup_error(tmp_path):
     cfg = config.from_dict({"listener": {"tls": {"cert": str(bad), "key": str(bad)}},
                             "clusters": {"a": {"backends": ["127.0.0.1:1"]}},
                             "routes": [{"cluster": "a"}]})
-    from lbproxy.control.snapshot import build_snapshot
+    from lbproxy.control.snapshot import snapshot_of
 
     with pytest.raises(StartupError, match=r"cannot load listener\.tls"):
-        listeners.Listener(cfg, build_snapshot(cfg), DataPlane, 0)
+        listeners.Listener(cfg, snapshot_of(cfg), DataPlane, 0)
 
 
 def test_run_raises_the_soft_fd_limit_to_the_hard_limit():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lbproxy.admin.stats import DeltaReporter, add_deltas, stats_view
-from lbproxy.balance.cluster import Outcome
+from lbproxy.balance.gate import Outcome
 from lbproxy.balance.latency import bucket_index
 from lbproxy.control import config
 from lbproxy.control.controller import Controller

@@ -15,7 +15,7 @@ import time
 import uvloop
 
 from lbproxy.control import config
-from lbproxy.control.snapshot import build_snapshot
+from lbproxy.control.snapshot import snapshot_of
 from lbproxy.proxy import DataPlane, http
 from lbproxy.proxy.protocols import NATIVE, UpstreamConnection
 
@@ -58,7 +58,7 @@ async def main(n: int) -> None:
     """Run n request/response cycles, best of 5, print µs per request."""
     cfg = config.from_dict({"clusters": {"c": {"backends": ["127.0.0.1:9"]}},
                             "routes": [{"path_prefix": "/", "cluster": "c"}]})
-    plane = DataPlane(build_snapshot(cfg), asyncio.get_running_loop())
+    plane = DataPlane(snapshot_of(cfg), asyncio.get_running_loop())
     pool = plane.pool("127.0.0.1", 9)
     up = UpstreamConnection(pool)
     up.connection_made(MemoryTransport(("127.0.0.1", 9)))

@@ -11,7 +11,7 @@ import sys
 import uvloop
 
 from lbproxy.control import config
-from lbproxy.control.snapshot import build_snapshot
+from lbproxy.control.snapshot import snapshot_of
 from lbproxy.proxy import DataPlane
 
 
@@ -22,7 +22,7 @@ async def main(port: int, backends: list[str]) -> None:
         "routes": [{"path_prefix": "/", "cluster": "c"}],
     })
     loop = asyncio.get_running_loop()
-    plane = DataPlane(build_snapshot(cfg), loop)
+    plane = DataPlane(snapshot_of(cfg), loop)
     await loop.create_server(plane.protocol_factory, "127.0.0.1", port, backlog=1024)
     print(f"lbproxy data plane on 127.0.0.1:{port}", flush=True)
     await asyncio.Event().wait()

@@ -30,7 +30,7 @@ from aiohttp import web
 from lbproxy.admin import metrics, openapi
 from lbproxy.admin.stats import InflightSource, stats_view
 from lbproxy.admin.webapp import start_app
-from lbproxy.balance.cluster import BackendInfo, Cluster
+from lbproxy.balance.gate import BackendInfo, Cluster
 from lbproxy.control import config
 from lbproxy.control.controller import Controller
 from lbproxy.control.snapshot import Snapshot

@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 
 from lbproxy.admin.stats import FAILURE_NAMES, RESPONSE_CLASSES
 from lbproxy.balance import latency
-from lbproxy.balance.cluster import Outcome
+from lbproxy.balance.gate import Outcome
 from lbproxy.control.snapshot import Snapshot
 
 # The classic text format docs/admin-api.md documents for GET /metrics (prometheus_client's

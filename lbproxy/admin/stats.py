@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from lbproxy.balance import latency
-from lbproxy.balance.cluster import BACKEND_FAILURES, BackendCounters, ClusterState, Outcome
+from lbproxy.balance.gate import BACKEND_FAILURES, BackendCounters, ClusterState, Outcome
 from lbproxy.control.snapshot import Snapshot
 
 PERCENTILES: tuple[tuple[str, float], ...] = (

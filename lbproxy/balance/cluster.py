@@ -1,52 +1,68 @@
+# cython: cdivision=False, annotation_typing=False
 """Clusters: the one gate in the request path for admission, selection and accounting.
 
 Owns `ClusterState` (long-lived per cluster name: the native `BackendLoad`, the
-address→slot map, per-backend counters and drain marks), `Cluster` (immutable, part of a
-`Snapshot`: the backends and their selector), and the `begin()` / `Lease.end()` pair every
-request goes through. Breakers, load shedding, retry budgets and outlier ejection plug in
-here as `AdmissionPolicy` / `OutcomeObserver` objects held by the `ClusterState`, never in
-the data plane. Must not touch HTTP: outcomes arrive already classified.
+address->slot map, per-backend counters and drain, ejection and health marks), `Cluster`
+(immutable, part of a `Snapshot`: the backends and their selector), and the `begin()` /
+`Lease.end()` pair every request goes through. Breakers, load shedding, retry budgets and
+outlier ejection plug in here as `AdmissionPolicy` / `OutcomeObserver` objects held by the
+`ClusterState`, never in the data plane. Must not touch HTTP: outcomes arrive classified.
 
-`Lease` and `Cluster.begin` here are the pure-Python twin of `lbproxy._gate_c`, which
-replaces them at the end of this module unless LBPROXY_NO_EXTENSIONS is set (`GATE_NATIVE`).
+How a policy's per-request work stays cheap, declared by the policy, not known to the gate:
+
+- an admission policy with a ``wake(now_ns)`` method does timed work only (the outlier
+  detector returning expired ejections): it asks for a wake-up with
+  `ClusterState.wake_at`, and `begin()` calls ``wake`` on the first request at or after
+  that time instead of calling ``admit`` on every request;
+- an observer with ``successes_from_counters = True`` reads successes from
+  ``BackendCounters.by_outcome`` when it next sees a failure, so `Lease.end()` tells it
+  about failures only (the common, successful request calls no observer at all);
+- every other policy is called as the protocols below say.
+
+One source, two builds: this module runs as plain Python (``LBPROXY_NO_EXTENSIONS=1``) and
+is what Cython compiles into ``lbproxy.balance._cluster_c``, with ``_cluster_c.pxd``
+beside it declaring the C types. Import it through lbproxy/balance/gate.py, which picks
+the build; nothing here may depend on which one runs.
 """
 
 from __future__ import annotations
 
+try:
+    import cython
+except ImportError:  # pragma: no cover - Python without Cython installed
+    from lbproxy.native import pure_mode as cython
+
 import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from enum import IntEnum
-from typing import TYPE_CHECKING, Protocol, final
+from typing import TYPE_CHECKING, Any, Protocol, final
 
 from lbproxy.balance import latency, selectors
+from lbproxy.codes import Outcome
 from lbproxy.control.config import ClusterConfig, backend_of, parse_hostport
 
+if not cython.compiled:  # compiled, _cluster_c.pxd cimports these as C declarations
+    from lbproxy.balance.latency import bucket_index
+    from lbproxy.codes import N_OUTCOMES, OUTCOME_CLIENT_ABORT, OUTCOME_OK
 
-class Outcome(IntEnum):
-    """How a leased request ended, as the data plane saw it."""
+if TYPE_CHECKING:
+    from lbproxy.balance.selectors import BackendLoad
 
-    OK = 0  # a response was relayed (any status below 500)
-    HTTP_5XX = 1  # the backend answered 5xx
-    CONNECT_FAILED = 2
-    RESET = 3  # the backend closed or reset mid-exchange
-    TIMEOUT = 4
-    CLIENT_ABORT = 5  # the client went away: not the backend's fault
+# The names other modules use are listed once, in lbproxy/balance/gate.py's __all__.
 
-
-# Outcomes that count against the backend (outlier detection will read these).
+# Outcomes that count against the backend (outlier detection reads these).
 BACKEND_FAILURES = frozenset(
     {Outcome.HTTP_5XX, Outcome.CONNECT_FAILED, Outcome.RESET, Outcome.TIMEOUT}
 )
-# The same set indexed by outcome: a tuple lookup is cheaper per request than hashing.
-_IS_FAILURE = tuple(o in BACKEND_FAILURES for o in Outcome)
-_bucket_index = latency.bucket_index  # bound once: Lease.end runs once per request
 # A failure that returns fast must not make a backend look fast to peak-EWMA P2C (the
 # "black hole" problem: an instantly failing backend attracts all traffic); its latency
 # sample is raised to at least this.
 FAILURE_PENALTY_NS = 1_000_000_000
+NEVER_NS = (1 << 63) - 1  # a wake-up time that never comes
+_PENALTY_NS = FAILURE_PENALTY_NS  # the same values as C constants in the compiled build
+_NEVER_NS = NEVER_NS
 
-# Why a slot is not accepted by selection; any bit set → BackendLoad.set_accept(slot, False).
+# Why a slot is not accepted by selection; any bit set -> BackendLoad.set_accept(slot, False).
 REFUSE_DRAIN = 1  # an operator drained it (admin PATCH state=drain)
 REFUSE_REMOVED = 2  # it left the cluster; the slot waits for its in-flight to finish
 REFUSE_EJECTED = 4  # outlier detection ejected it (lbproxy/policies/outlier.py)
@@ -81,7 +97,10 @@ NO_HEALTHY_BACKEND = Refusal("no_healthy_backend", 1)
 
 
 class AdmissionPolicy(Protocol):
-    """Consulted by `begin()` before selection (load shedding, circuit breaker, ...)."""
+    """Consulted by `begin()` before selection (load shedding, circuit breaker, ...).
+
+    A policy that also has ``wake(now_ns)`` is timed instead: see the module docstring.
+    """
 
     def admit(self, cluster: Cluster, now_ns: int, attempt: int) -> Refusal | None:
         """None to let the request through, or the refusal to answer with."""
@@ -91,14 +110,13 @@ class AdmissionPolicy(Protocol):
 class OutcomeObserver(Protocol):
     """Told by `Lease.end()` how every request ended (outlier ejection, breaker, ...)."""
 
-    def observe(self, backend: BackendInfo, outcome: Outcome, status: int, rtt_ns: int,
+    def observe(self, backend: BackendInfo, outcome: int, status: int, rtt_ns: int,
                 now_ns: int) -> None:
         """Record one finished request; must be cheap and must not raise."""
         ...
 
 
-@final
-class BackendCounters:
+class BackendCounters:  # final: _cluster_c.pxd declares it @cython.final
     """Per-backend totals since the backend took its slot (read by /stats and /metrics)."""
 
     __slots__ = ("by_outcome", "failures", "latency", "latency_ns", "requests", "responses",
@@ -110,42 +128,144 @@ class BackendCounters:
         # responses[c] counts status class c (1 = 1xx ... 5 = 5xx); [0] = no response at all.
         self.responses = [0, 0, 0, 0, 0, 0]
         self.failures = 0
-        self.by_outcome = [0] * len(Outcome)
-        self.latency = [0] * latency.N_BUCKETS  # lbproxy/balance/latency.py's log-linear buckets
+        self.by_outcome = [0] * N_OUTCOMES
+        self.latency = [0] * latency.N_BUCKETS  # lbproxy/balance/latency.py's buckets
         self.latency_ns = 0  # sum of the samples (Prometheus histograms carry it)
 
 
 @final
-class ClusterState:
-    """Long-lived per-cluster state that outlives snapshots: load, slots, counters, drain."""
+class SlotPlan:
+    """Where a member list will sit in a `ClusterState`, worked out without changing it."""
+
+    __slots__ = ("addresses", "generation", "slots")
+
+    def __init__(self, addresses: tuple[str, ...], slots: tuple[int, ...],
+                 generation: int) -> None:
+        self.addresses = addresses
+        self.slots = slots
+        self.generation = generation  # the state's generation the plan was made against
+
+
+class ClusterState:  # final: _cluster_c.pxd declares it @cython.final
+    """Long-lived per-cluster state that outlives snapshots: load, slots, counters, marks."""
+
+    __slots__ = ("_admission", "_drained", "_ejected", "_free", "_observers", "_per_request",
+                 "_refuse", "_retiring", "_success_observers", "_timed", "_unhealthy",
+                 "active", "addresses", "counters", "generation", "load", "name",
+                 "panic_threshold", "panicking", "requests", "retries", "retry_admission",
+                 "slots", "wake_ns")
 
     def __init__(self, name: str, *, capacity: int = 8, decay_ns: int = 10_000_000_000) -> None:
         self.name = name
-        self.load = selectors.BackendLoad(capacity, decay_ns)
-        self.slots: dict[str, int] = {}  # address → slot, for every backend in the cluster
-        self.addresses: list[str | None] = []  # slot → address (None: free)
+        self.load: BackendLoad = selectors.BackendLoad(capacity, decay_ns)
+        self.slots: dict[str, int] = {}  # address -> slot, for every backend in the cluster
+        self.addresses: list[str | None] = []  # slot -> address (None: free)
         self.counters: list[BackendCounters] = []
-        self._refuse: list[int] = []  # slot → REFUSE_* bits
+        self._refuse: list[int] = []  # slot -> REFUSE_* bits
         self._free: list[int] = []  # heap of reusable slots, lowest first
         self._retiring: set[int] = set()  # removed slots still holding in-flight requests
         self._drained: set[str] = set()  # members an operator drained
         # Ejection and health marks by address, kept like drain marks (while a member).
         self._ejected: set[str] = set()
         self._unhealthy: set[str] = set()
+        self.generation = 0  # bumped by every change of membership (plans check it)
         # Envoy's healthy_panic_threshold (percent): below it, HEALTH_BITS are ignored.
         self.panic_threshold = 50.0
         self.panicking = False
         self.active = 0  # leases not yet ended, all backends (the circuit breaker reads it)
         self.requests = 0  # leases begun, retries included (the retry budget reads both)
         self.retries = 0
-        # Plug-in points, empty for now; held here (not in Cluster) because they keep state.
-        self.admission: tuple[AdmissionPolicy, ...] = ()
-        self.observers: tuple[OutcomeObserver, ...] = ()
+        self.wake_ns = _NEVER_NS  # begin() wakes the timed policies at or after this time
+        self._admission: tuple[Any, ...] = ()
+        self._per_request: tuple[Any, ...] = ()  # the admission policies begin() calls
+        self._timed: tuple[Any, ...] = ()  # the admission policies woken by time instead
+        self._observers: tuple[Any, ...] = ()
+        self._success_observers: tuple[Any, ...] = ()  # the observers told of successes
         # Consulted after `admission` for retries only (attempt > 0): the retry budget.
-        self.retry_admission: tuple[AdmissionPolicy, ...] = ()
+        self.retry_admission: tuple[Any, ...] = ()
+
+    # -- plug-in points ---------------------------------------------------------------
+
+    @property
+    def admission(self) -> tuple[AdmissionPolicy, ...]:
+        """The admission policies, in order; assigning them sorts timed from per-request."""
+        return self._admission
+
+    @admission.setter
+    def admission(self, policies: tuple[AdmissionPolicy, ...]) -> None:
+        self._admission = tuple(policies)
+        self._timed = tuple(p for p in self._admission if hasattr(p, "wake"))
+        self._per_request = tuple(p for p in self._admission if not hasattr(p, "wake"))
+        self.wake_ns = 0  # newly installed timed policies get one wake-up to schedule theirs
+
+    @property
+    def observers(self) -> tuple[OutcomeObserver, ...]:
+        """The outcome observers, in order; assigning them sorts out who needs successes."""
+        return self._observers
+
+    @observers.setter
+    def observers(self, observers: tuple[OutcomeObserver, ...]) -> None:
+        self._observers = tuple(observers)
+        self._success_observers = tuple(
+            o for o in self._observers if not getattr(o, "successes_from_counters", False))
+
+    def wake_at(self, when_ns: int) -> None:
+        """Ask `begin()` to wake the timed admission policies at `when_ns` (or earlier)."""
+        if when_ns < self.wake_ns:
+            self.wake_ns = when_ns
+
+    def wake(self, now_ns: int) -> None:
+        """Run every timed admission policy's due work; each re-registers its next time."""
+        self.wake_ns = _NEVER_NS
+        for policy in self._timed:
+            policy.wake(now_ns)
+
+    # -- membership -------------------------------------------------------------------
+
+    def plan(self, addresses: Sequence[str]) -> SlotPlan:
+        """Slots `addresses` would take, in order, without changing any member's state.
+
+        Survivors keep theirs; newcomers take the lowest free slots, which include slots
+        whose last lease has ended since their backend left and those of members leaving
+        now with nothing in flight. Only the C arrays' capacity may grow here, which
+        changes no slot's load (the snapshot's selectors must be able to index them).
+        """
+        free = list(self._free)
+        for slot in self._retiring:
+            if self.load.inflight(slot) == 0:
+                heapq.heappush(free, slot)
+        wanted = set(addresses)
+        for address, slot in self.slots.items():
+            if address not in wanted and self.load.inflight(slot) == 0:
+                heapq.heappush(free, slot)
+        fresh = len(self.addresses)
+        slots = []
+        for address in addresses:
+            known = self.slots.get(address)
+            if known is not None:
+                slots.append(known)
+            elif free:
+                slots.append(heapq.heappop(free))
+            else:
+                slots.append(fresh)
+                fresh += 1
+        if fresh > self.load.capacity:
+            self.load.ensure_capacity(max(fresh, 2 * self.load.capacity))
+        return SlotPlan(tuple(addresses), tuple(slots), self.generation)
+
+    def commit(self, plan: SlotPlan) -> None:
+        """Make `plan`'s membership live (at a snapshot's activation, right before its swap)."""
+        if plan.generation != self.generation:
+            raise RuntimeError(f"cluster {self.name}: slot plan is stale (membership changed "
+                               "since it was made)")
+        slots = self.assign(plan.addresses)
+        if tuple(slots) != plan.slots:  # pragma: no cover - plan() and assign() disagree
+            raise RuntimeError(f"cluster {self.name}: slots {slots} differ from the plan "
+                               f"{list(plan.slots)}")
 
     def assign(self, addresses: Sequence[str]) -> list[int]:
         """Slots for `addresses` (in order): survivors keep theirs, newcomers reuse freed ones."""
+        self.generation += 1
         for slot in [s for s in self._retiring if self.load.inflight(s) == 0]:
             # Reused only once its last lease has ended, so no finish() lands on a stranger.
             self._retiring.discard(slot)
@@ -157,7 +277,7 @@ class ClusterState:
             slot = self.slots.pop(address)  # its drain mark went above: re-added, it is active
             self._ejected.discard(address)  # ... and healthy
             self._unhealthy.discard(address)
-            self._set_bits(slot, REFUSE_REMOVED, True)
+            self._refuse[slot] |= REFUSE_REMOVED
             if self.load.inflight(slot) == 0:
                 self.addresses[slot] = None
                 heapq.heappush(self._free, slot)
@@ -184,7 +304,6 @@ class ClusterState:
         self.addresses[slot] = address
         self.counters[slot] = BackendCounters()
         self._refuse[slot] = REFUSE_DRAIN if address in self._drained else 0
-        self.load.set_accept(slot, self._refuse[slot] == 0)  # assign() refreshes after
         self.slots[address] = slot
         return slot
 
@@ -206,8 +325,8 @@ class ClusterState:
         self.panicking = eligible > 0 and usable * 100 < self.panic_threshold * eligible
         ignore = HEALTH_BITS if self.panicking else 0
         for slot, address in enumerate(self.addresses):
-            if address is not None:
-                self.load.set_accept(slot, self._refuse[slot] & ~ignore == 0)
+            self.load.set_accept(slot, address is not None
+                                 and self._refuse[slot] & ~ignore == 0)
 
     def set_panic_threshold(self, percent: float) -> None:
         """Set the healthy-panic threshold (percent; 0 disables) and re-apply the marks."""
@@ -257,7 +376,7 @@ class ClusterState:
         self._mark(self._drained, REFUSE_DRAIN, address, drain)
 
     def set_drained(self, addresses: Iterable[str]) -> None:
-        """Make exactly `addresses` drained (a snapshot's drain marks, applied at build)."""
+        """Make exactly `addresses` drained (a snapshot's drain marks, applied at activation)."""
         wanted = set(addresses)
         for address in self._drained - wanted:
             self.set_drain(address, False)
@@ -266,7 +385,7 @@ class ClusterState:
 
     @property
     def drained(self) -> frozenset[str]:
-        """Addresses an operator drained (members, or about to be at the next build)."""
+        """Addresses an operator drained (members, or about to be at the next commit)."""
         return frozenset(self._drained)
 
     def state_of(self, address: str) -> str:
@@ -279,8 +398,7 @@ class ClusterState:
         return 0 if slot is None else self.load.inflight(slot)
 
 
-@final
-class Lease:
+class Lease:  # final: _cluster_c.pxd declares it @cython.final
     """One admitted request on one backend; `end()` it exactly once."""
 
     __slots__ = ("_counters", "_state", "backend", "slot", "started_ns")
@@ -292,31 +410,41 @@ class Lease:
         self.slot = backend.slot
         self.started_ns = started_ns
 
-    def end(self, outcome: Outcome, now_ns: int, status: int = 0) -> None:
+    def end(self, outcome: int, now_ns: int, status: int = 0) -> None:
         """Return the backend: in-flight -= 1, latency sample, counters, observers."""
         state = self._state
         if state is None:
             raise RuntimeError("Lease.end() called twice")
+        o = int(outcome)
+        if o < 0 or o >= N_OUTCOMES:
+            raise IndexError(f"unknown outcome {outcome!r}")
         self._state = None
         state.active -= 1
         rtt = now_ns - self.started_ns
         c = self._counters
         # The histogram takes the real latency, before the failure penalty below.
-        c.latency[_bucket_index(rtt)] += 1
+        buckets = c.latency
+        i = bucket_index(rtt)
+        buckets[i] += 1
         c.latency_ns += rtt
-        if _IS_FAILURE[outcome]:
+        failed = o != OUTCOME_OK and o != OUTCOME_CLIENT_ABORT
+        if failed:
             c.failures += 1
-            if rtt < FAILURE_PENALTY_NS:
-                rtt = FAILURE_PENALTY_NS
+            if rtt < _PENALTY_NS:
+                rtt = _PENALTY_NS
         state.load.finish(self.slot, rtt, now_ns)
-        c.by_outcome[outcome] += 1
-        c.responses[status // 100 if 100 <= status < 600 else 0] += 1
-        for observer in state.observers:
+        by_outcome = c.by_outcome
+        by_outcome[o] += 1
+        responses = c.responses
+        i = status // 100 if 100 <= status < 600 else 0
+        responses[i] += 1
+        # A success reaches only the observers that cannot read it from the counters.
+        for observer in state._observers if o != OUTCOME_OK else state._success_observers:
             observer.observe(self.backend, outcome, status, rtt, now_ns)
 
 
 def _build_selector(cfg: ClusterConfig, slots: list[int], addresses: list[str],
-                    weights: list[int], load: selectors.BackendLoad) -> object:
+                    weights: list[int], load: BackendLoad) -> Any:
     if cfg.policy == "maglev":
         maglev = selectors.MaglevSelector(slots, addresses, weights, load, cfg.table_size)
         if cfg.balance_factor > 0:
@@ -329,21 +457,31 @@ def _build_selector(cfg: ClusterConfig, slots: list[int], addresses: list[str],
     raise ValueError(f"unknown policy {cfg.policy!r}")
 
 
-@final
-class Cluster:
+class Cluster:  # final: _cluster_c.pxd declares it @cython.final
     """An immutable cluster in a snapshot: its backends, selector and long-lived state."""
 
-    __slots__ = ("_by_slot", "_fallback", "_pick", "_pick_with_now", "backends", "config",
-                 "name", "policy", "selector", "state")
+    __slots__ = ("_by_slot", "_fallback", "_pick", "_pick_with_now", "_plan", "backends",
+                 "config", "name", "policy", "selector", "state")
 
-    def __init__(self, name: str, cfg: ClusterConfig, state: ClusterState) -> None:
+    def __init__(self, name: str, cfg: ClusterConfig, state: ClusterState,
+                 plan: SlotPlan | None = None) -> None:
+        """Build from `cfg`; with no `plan`, take the slots in `state` at once.
+
+        A snapshot passes the plan it made without touching `state`, and commits it with
+        `activate()` right before it is published (lbproxy/control/snapshot.py).
+        """
         self.name = name
         self.config = cfg
         self.policy = cfg.policy
         self.state = state
         entries = [backend_of(b) for b in cfg.backends]
         addresses = [b.address for b in entries]
-        slots = state.assign(addresses)
+        if plan is None:
+            slots = state.assign(addresses)
+            self._plan = None
+        else:
+            slots = list(plan.slots)
+            self._plan = plan
         backends = []
         for b, slot in zip(entries, slots, strict=True):
             host, port = parse_hostport(b.address)
@@ -357,10 +495,17 @@ class Cluster:
                                         state.load)
         # P2C needs the clock (peak-EWMA decays with time); the others pick by key alone.
         self._pick_with_now = cfg.policy == "p2c"
-        self._pick = self.selector.pick  # type: ignore[attr-defined]
+        self._pick = self.selector.pick
         # Maglev's fallback order for a key (bounded load or not), for retries.
         inner = getattr(self.selector, "inner", self.selector)
-        self._fallback = inner.candidates if cfg.policy == "maglev" else None  # type: ignore[attr-defined]
+        self._fallback = inner.candidates if cfg.policy == "maglev" else None
+
+    def activate(self) -> None:
+        """Commit this cluster's slot plan to its state (once; no-op when built live)."""
+        plan = self._plan
+        if plan is not None:
+            self._plan = None
+            self.state.commit(plan)
 
     def begin(self, key: bytes, now_ns: int, attempt: int = 0,
               exclude: tuple[int, ...] = ()) -> Lease | Refusal:
@@ -370,20 +515,36 @@ class Cluster:
         if attempt:
             return self._begin_retry(key, now_ns, attempt, exclude)
         state = self.state
-        for policy in state.admission:
+        if now_ns >= state.wake_ns:
+            state.wake(now_ns)
+        for policy in state._per_request:
             refusal = policy.admit(self, now_ns, attempt)
             if refusal is not None:
                 return refusal
         slot = self._pick(key, now_ns) if self._pick_with_now else self._pick(key)
         if slot < 0:
             return NO_HEALTHY_BACKEND
+        return self._lease(slot, now_ns, False)
+
+    def _lease(self, slot: int, now_ns: int, retry: bool) -> Lease:
+        """Account a request on `slot` and hand out its lease."""
+        state = self.state
         state.load.start(slot)
         state.active += 1
         state.requests += 1
-        info = self._by_slot[slot]
-        assert info is not None  # selectors only return slots they were built with
-        state.counters[slot].requests += 1
-        return Lease(state, info, now_ns)
+        counters = state.counters[slot]
+        counters.requests += 1
+        if retry:
+            state.retries += 1
+            counters.retries += 1
+        lease = Lease.__new__(Lease)
+        lease._state = state
+        lease._counters = counters
+        # Never None: selectors only return slots they were built with.
+        lease.backend = self._by_slot[slot]  # type: ignore[assignment]
+        lease.slot = slot
+        lease.started_ns = now_ns
+        return lease
 
     def _begin_retry(self, key: bytes, now_ns: int, attempt: int,
                      exclude: tuple[int, ...]) -> Lease | Refusal:
@@ -396,16 +557,7 @@ class Cluster:
         slot = self._pick_other(key, now_ns, exclude)
         if slot < 0:
             return NO_HEALTHY_BACKEND
-        state.load.start(slot)
-        state.active += 1
-        state.requests += 1
-        state.retries += 1
-        info = self._by_slot[slot]
-        assert info is not None
-        counters = state.counters[slot]
-        counters.requests += 1
-        counters.retries += 1
-        return Lease(state, info, now_ns)
+        return self._lease(slot, now_ns, True)
 
     def _pick_other(self, key: bytes, now_ns: int, exclude: tuple[int, ...]) -> int:
         """An accepted backend not in `exclude`; -1 when none is left."""
@@ -441,20 +593,3 @@ class Cluster:
         if slot is None or slot >= len(self._by_slot):
             return None
         return self._by_slot[slot]
-
-
-# The gate's compiled twin (csrc/_gate_c.pyx): the classes above stay the reference and
-# the fallback, as in lbproxy/balance/selectors.py. Imported last: it takes names from this module.
-GATE_NATIVE = False
-PyLease = Lease  # the twin, kept for tests/test_gate.py's agreement tests
-py_begin = Cluster.begin
-if not TYPE_CHECKING and not selectors.NO_EXTENSIONS:
-    try:
-        from lbproxy import _gate_c
-    except ImportError:  # pragma: no cover - a build without the compiled core
-        pass
-    else:
-        Lease = _gate_c.Lease
-        Cluster.begin = _gate_c.begin
-        GATE_NATIVE = True
-

@@ -1,10 +1,14 @@
+# cython: cdivision=False, annotation_typing=False
 """Latency histograms: a fixed log-linear bucket layout and percentiles read from it.
 
 Owns the bucket layout (what `bucket_index` maps a latency to, and each bucket's bounds)
 and everything computed from a list of bucket counts: percentiles, merged counts,
 Prometheus-style cumulative octave buckets. The counts themselves live in the per-backend
-counters of `lbproxy/balance/cluster.py`, which add one per finished request. Must not touch HTTP
-or the clock.
+counters of `lbproxy/balance/cluster.py`, which add one per finished request. Must not
+touch HTTP or the clock.
+
+One source, two builds: compiled as ``lbproxy.balance._latency_c`` through
+``_latency_c.pxd``, whose C `bucket_index` the compiled gate calls once per request.
 
 Layout (the idea of HdrHistogram, with 3 sub-bucket bits): values in microseconds; 0-15 µs
 have one bucket each, and every octave [2^k, 2^(k+1)) above is split into 8 equal
@@ -21,17 +25,24 @@ from collections.abc import Iterable, Sequence
 SUB_BITS = 3
 N_BUCKETS = 208
 _LAST = N_BUCKETS - 1
+_SUB_BITS = SUB_BITS  # the same values as C constants in the compiled build
 # Octave upper bounds (µs) that /metrics exposes: 2^7 µs (0.128 ms) ... 2^28 µs (~268 s).
 OCTAVE_BOUNDS_US: tuple[int, ...] = tuple(1 << k for k in range(7, 29))
 
 
 def bucket_index(rtt_ns: int) -> int:
-    """The bucket of one latency sample (ns); one division, one bit_length, one shift."""
+    """The bucket of one latency sample (ns): its octave and the 3 bits below the top one."""
     us = rtt_ns // 1000
     if us < 16:
         return us if us >= 0 else 0  # 0-15 µs: one bucket per µs (a clock step back: 0)
-    shift = us.bit_length() - SUB_BITS - 1
-    index = (shift << SUB_BITS) + (us >> shift)
+    # shift = us.bit_length() - SUB_BITS - 1, counted with shifts because compiled that is
+    # a short C loop (at most 30 rounds below the last bucket) and not a Python call.
+    shift = 0
+    top = us >> (_SUB_BITS + 1)
+    while top:
+        top >>= 1
+        shift += 1
+    index = (shift << _SUB_BITS) + (us >> shift)
     return index if index < _LAST else _LAST
 
 

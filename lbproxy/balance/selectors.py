@@ -1,25 +1,23 @@
-"""Selector facade: the native core (`lbproxy.balance._selectors_c`) or its pure-Python twin.
+"""Selector facade: the compiled selector core (`_selectors_c`) or its pure-Python twin.
 
 Owns only the choice of implementation, as yarl's `_quoting.py` does: type checkers read
-the twin; at run time the compiled module loads unless LBPROXY_NO_EXTENSIONS is set, and
-the twin stands in when the extension was not built. `NATIVE` says which one loaded; the
-test suite fails when it is False without LBPROXY_NO_EXTENSIONS set deliberately.
+the twin (`_selectors_py`); at run time lbproxy/native.py loads the compiled module, or
+the twin when LBPROXY_NO_EXTENSIONS is set. The two are twins, not one source, because
+the compiled core is a different shape (C arrays, a C lookup table); hypothesis tests in
+tests/selector_core/ check that they agree pick for pick. `NATIVE` says which one loaded.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
 from typing import TYPE_CHECKING
 
-NO_EXTENSIONS = bool(os.environ.get("LBPROXY_NO_EXTENSIONS"))
+from lbproxy import native
 
 __all__ = [
     "DEFAULT_DECAY_NS",
     "DEFAULT_RTT_NS",
     "DEFAULT_TABLE_SIZE",
     "NATIVE",
-    "NO_EXTENSIONS",
     "BackendLoad",
     "BoundedLoadSelector",
     "MaglevSelector",
@@ -27,6 +25,8 @@ __all__ = [
     "RoundRobinSelector",
     "hash64",
 ]
+
+NATIVE = not native.NO_EXTENSIONS
 
 if TYPE_CHECKING:
     from lbproxy.balance._selectors_py import (
@@ -40,18 +40,7 @@ if TYPE_CHECKING:
         RoundRobinSelector,
         hash64,
     )
-
-    NATIVE: bool
 else:
-    NATIVE = False
-    _impl = None
-    if not NO_EXTENSIONS:
-        try:
-            _impl = importlib.import_module("lbproxy.balance._selectors_c")
-            NATIVE = True
-        except ImportError:  # pragma: no cover - a build without the compiled core
-            pass
-    if _impl is None:
-        _impl = importlib.import_module("lbproxy.balance._selectors_py")
+    _impl = native.load("lbproxy.balance._selectors_c")
     globals().update({name: getattr(_impl, name) for name in _impl.__all__})
     del _impl

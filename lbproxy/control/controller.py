@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from lbproxy.balance.cluster import ClusterState
+from lbproxy.balance.gate import ClusterState
 from lbproxy.control import config
 from lbproxy.control.snapshot import Snapshot, build_snapshot
 
@@ -26,7 +26,7 @@ class Controller:
                  drained: Mapping[str, Iterable[str]] | None = None) -> None:
         self.config = cfg
         self.states: dict[str, ClusterState] = {}
-        self.snapshot = build_snapshot(cfg, self.states, version, drained)
+        self.snapshot = build_snapshot(cfg, self.states, version, drained).activate()
         self.sinks: list[SnapshotSink] = []
 
     def apply(self, cfg: config.Config, version: int | None = None,
@@ -42,6 +42,8 @@ class Controller:
         snap = build_snapshot(cfg, self.states,
                               self.snapshot.version + 1 if version is None else version,
                               drained)
+        # Built off the live state; activated and published with no await in between.
+        snap.activate()
         self.config, self.snapshot = cfg, snap
         for sink in self.sinks:
             sink(snap)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import final
 
-from lbproxy.balance.cluster import Cluster, Refusal
+from lbproxy.balance.gate import Cluster, Refusal
 
 CIRCUIT_OPEN = Refusal("circuit_open", 1)
 

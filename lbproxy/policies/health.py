@@ -24,7 +24,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, final
 
-from lbproxy.balance.cluster import BackendInfo, ClusterState
+from lbproxy.balance.gate import BackendInfo, ClusterState
 from lbproxy.control.config import HealthCheck, parse_status_ranges
 
 if TYPE_CHECKING:  # control/upkeep.py imports this module; the snapshot only for types

@@ -11,7 +11,7 @@ Must not touch sockets.
 
 from __future__ import annotations
 
-from lbproxy.balance.cluster import AdmissionPolicy, ClusterState, OutcomeObserver
+from lbproxy.balance.gate import AdmissionPolicy, ClusterState, OutcomeObserver
 from lbproxy.control.config import ClusterConfig
 from lbproxy.policies.breaker import Breaker
 from lbproxy.policies.outlier import OutlierDetector

@@ -4,11 +4,19 @@ Owns the per-backend failure streaks and ejection times of one cluster, followin
 outlier detection (arch_overview/upstream/outlier, config.cluster.v3.OutlierDetection):
 consecutive 5xx and consecutive gateway failures, an ejection time of
 ``base_ejection_time x times ejected`` capped by ``max_ejection_time``, and a
-``max_ejection_percent`` that always allows one ejection. It is an `OutcomeObserver`
-(`Lease.end()` tells it every outcome) and an `AdmissionPolicy` that never refuses: its
-`admit()` only returns expired ejections to service, lazily, on the first request after
-they expire. Time is always passed in, so tests feed explicit nanoseconds and never sleep.
-Marks reach selection only through `ClusterState.set_ejected`; must not touch HTTP.
+``max_ejection_percent`` that always allows one ejection. Time is always passed in, so
+tests feed explicit nanoseconds and never sleep. Marks reach selection only through
+`ClusterState.set_ejected`; must not touch HTTP.
+
+Its per-request hooks into the cluster gate (lbproxy/balance/cluster.py), both public:
+
+- it is an `OutcomeObserver` with ``successes_from_counters``: `Lease.end()` calls
+  `observe` for failures only, and a success between two failures is read from the
+  backend's ``BackendCounters.by_outcome[OK]`` when the next failure comes, so the
+  common successful request costs it nothing;
+- it is a timed `AdmissionPolicy`: `wake(now_ns)` returns expired ejections to service,
+  and it asks the gate to call it at the earliest expiry (`ClusterState.wake_at`), so it
+  is not consulted on every request and never refuses.
 """
 
 from __future__ import annotations
@@ -16,12 +24,11 @@ from __future__ import annotations
 import logging
 from typing import final
 
-from lbproxy.balance.cluster import BackendInfo, Cluster, ClusterState, Outcome, Refusal
+from lbproxy.balance.gate import NEVER_NS, BackendInfo, Cluster, ClusterState, Outcome, Refusal
 from lbproxy.control.config import OutlierDetection
 
 log = logging.getLogger("lbproxy.policies.outlier")
 NS = 1_000_000_000
-_NEVER = 1 << 63
 # Envoy counts these statuses as gateway failures, and maps its own connect failures,
 # resets and timeouts onto 503/504, so they count as both 5xx and gateway failures.
 GATEWAY_STATUSES = frozenset({502, 503, 504})
@@ -32,7 +39,7 @@ _HTTP_5XX = int(Outcome.HTTP_5XX)
 _CLIENT_ABORT = int(Outcome.CLIENT_ABORT)
 
 
-def is_gateway_failure(outcome: Outcome, status: int) -> bool:
+def is_gateway_failure(outcome: int, status: int) -> bool:
     """A failure that counts towards consecutive_gateway_failure (and consecutive_5xx)."""
     return outcome != _HTTP_5XX or status in GATEWAY_STATUSES
 
@@ -55,12 +62,16 @@ def may_eject(ejected: int, members: int, max_percent: float) -> bool:
 class HostRecord:
     """One backend's failure streaks and ejection history."""
 
-    __slots__ = ("consecutive_5xx", "consecutive_gateway", "ejected_until_ns", "returned_ns",
-                 "times_ejected")
+    __slots__ = ("consecutive_5xx", "consecutive_gateway", "counters", "ejected_until_ns",
+                 "returned_ns", "successes", "times_ejected")
 
     def __init__(self) -> None:
         self.consecutive_5xx = 0
         self.consecutive_gateway = 0
+        # The backend's counters and their success count at its last failure: a different
+        # count at the next failure means a success came in between (the streaks restart).
+        self.counters: object = None
+        self.successes = 0
         self.times_ejected = 0  # Envoy's ejection multiplier
         self.ejected_until_ns = 0  # 0: in service
         self.returned_ns = 0  # when it last came back (the multiplier decays from there)
@@ -70,11 +81,14 @@ class HostRecord:
 class OutlierDetector:
     """Consecutive-failure ejection for one cluster (an OutcomeObserver and AdmissionPolicy)."""
 
+    # The gate tells it of failures only; it reads successes from BackendCounters.
+    successes_from_counters = True
+
     def __init__(self, state: ClusterState, cfg: OutlierDetection) -> None:
         self.state = state
         self.cfg = cfg
         self.records: dict[str, HostRecord] = {}
-        self._next_return_ns = _NEVER  # earliest ejected_until_ns, for the lazy check
+        self.next_return_ns = NEVER_NS  # the earliest ejected_until_ns: when to wake
 
     def reconfigure(self, cfg: OutlierDetection) -> None:
         """Take new settings; streaks and ejections in progress carry over."""
@@ -82,11 +96,17 @@ class OutlierDetector:
 
     def admit(self, cluster: Cluster, now_ns: int, attempt: int) -> Refusal | None:
         """Never refuses: returns expired ejections to service before selection."""
-        if now_ns >= self._next_return_ns:
-            self.sweep(now_ns)
+        self.wake(now_ns)
         return None
 
-    def observe(self, backend: BackendInfo, outcome: Outcome, status: int, rtt_ns: int,
+    def wake(self, now_ns: int) -> None:
+        """Return the ejections that expired by `now_ns` (the gate calls it when due)."""
+        if now_ns >= self.next_return_ns:
+            self.sweep(now_ns)
+        else:
+            self.state.wake_at(self.next_return_ns)
+
+    def observe(self, backend: BackendInfo, outcome: int, status: int, rtt_ns: int,
                 now_ns: int) -> None:
         """Count one outcome against the backend's streaks; eject at a threshold."""
         if outcome == _CLIENT_ABORT:
@@ -98,6 +118,15 @@ class OutlierDetector:
             return
         if rec is None:
             rec = self.records[backend.address] = HostRecord()
+        counters = self.state.counters[backend.slot]
+        successes = counters.by_outcome[_OK]
+        if counters is not rec.counters or successes != rec.successes:
+            # A success the gate did not report (it reports failures only) came since the
+            # last failure, or the backend took a fresh slot: both streaks restart (Envoy).
+            if rec.counters is not None:
+                rec.consecutive_5xx = rec.consecutive_gateway = 0
+            rec.counters = counters
+            rec.successes = successes
         rec.consecutive_5xx += 1
         if is_gateway_failure(outcome, status):
             rec.consecutive_gateway += 1
@@ -131,7 +160,8 @@ class OutlierDetector:
         healthy_intervals = (now_ns - rec.returned_ns) // interval_ns if rec.returned_ns else 0
         rec.times_ejected = max(0, rec.times_ejected - healthy_intervals) + 1
         rec.ejected_until_ns = now_ns + ejection_ns(self.cfg, rec.times_ejected)
-        self._next_return_ns = min(self._next_return_ns, rec.ejected_until_ns)
+        self.next_return_ns = min(self.next_return_ns, rec.ejected_until_ns)
+        state.wake_at(self.next_return_ns)
         state.set_ejected(address, True)
         log.warning("cluster %s: %s ejected for %gs after %s (ejection %d)", state.name, address,
                     (rec.ejected_until_ns - now_ns) / NS, reason, rec.times_ejected)
@@ -139,7 +169,7 @@ class OutlierDetector:
     def sweep(self, now_ns: int) -> None:
         """Return every ejection that expired by `now_ns`; forget backends that left."""
         members = self.state.slots
-        next_return = _NEVER
+        next_return = NEVER_NS
         for address in list(self.records):
             rec = self.records[address]
             if address not in members:
@@ -152,7 +182,8 @@ class OutlierDetector:
                     log.warning("cluster %s: %s returned from ejection", self.state.name, address)
                 else:
                     next_return = min(next_return, rec.ejected_until_ns)
-        self._next_return_ns = next_return
+        self.next_return_ns = next_return
+        self.state.wake_at(next_return)
 
     def release_all(self) -> None:
         """Return every ejected backend now (outlier detection was turned off)."""
@@ -161,4 +192,4 @@ class OutlierDetector:
                 rec.ejected_until_ns = 0
                 self.state.set_ejected(address, False)
         self.records.clear()
-        self._next_return_ns = _NEVER
+        self.next_return_ns = NEVER_NS

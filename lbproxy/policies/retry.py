@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import final
 
-from lbproxy.balance.cluster import Cluster, Refusal
+from lbproxy.balance.gate import Cluster, Refusal
 from lbproxy.control.config import Retry
 
 # Never answered to a client: past the budget the failed attempt's own error (502/504)

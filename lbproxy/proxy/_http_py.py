@@ -13,22 +13,19 @@ from __future__ import annotations
 import os
 import random
 
-# Result codes of analyse_request; the client protocol maps them to errors.py entries.
-OK = 0
-E_BAD_REQUEST = 1
-E_TRANSFER_CODING = 2
-E_EXPECTATION = 3
-
-# Message body framing (RFC 9112 §6.3).
-FRAME_NONE = 0
-FRAME_LENGTH = 1
-FRAME_CHUNKED = 2
-FRAME_CLOSE = 3  # responses only: body ends when the backend closes
-
-# Flag bits of analyse_request.
-F_CLOSE = 1  # client asked to close (or HTTP/1.0 without keep-alive)
-F_EXPECT_CONTINUE = 2  # "Expect: 100-continue" from an HTTP/1.1 client
-F_UPGRADE = 4  # Connection: upgrade + Upgrade (not supported: forwarded as plain request)
+from lbproxy.codes import (
+    E_BAD_REQUEST,
+    E_EXPECTATION,
+    E_TRANSFER_CODING,
+    F_CLOSE,
+    F_EXPECT_CONTINUE,
+    F_UPGRADE,
+    FRAME_CHUNKED,
+    FRAME_CLOSE,
+    FRAME_LENGTH,
+    FRAME_NONE,
+    OK,
+)
 
 # Hop-by-hop names (RFC 9110 §7.6.1), plus the framing headers this proxy re-frames itself
 # (RFC 9112 §6.1, §6.2); requests also lose the headers the proxy rewrites.

@@ -1,3 +1,4 @@
+# cython: cdivision=False, annotation_typing=False
 """Client side: the per-connection Protocol that parses requests and drives each exchange.
 
 Owns the request parser glue (httptools/llhttp in strict mode plus the checks it leaves
@@ -6,9 +7,20 @@ bounded), streaming the request body upstream with backpressure, client-side tim
 the single place where a request meets the cluster gate: ``cluster.begin()`` once per
 request, ``lease.end()`` exactly once per lease. Must not touch the control plane beyond
 reading the snapshot once per request.
+
+One source, two builds: this module runs as plain Python (``LBPROXY_NO_EXTENSIONS=1``) and
+is what Cython compiles into ``lbproxy.proxy._client_c``, with ``_client_c.pxd`` beside it
+declaring the C types: final ``cdef`` classes with typed fields, internal methods as C
+calls, the constants as C values. Nothing here may depend on which build runs it; import
+the classes through lbproxy/proxy/protocols.py, which picks the build.
 """
 
 from __future__ import annotations
+
+try:
+    import cython
+except ImportError:  # pragma: no cover - Python without Cython installed
+    from lbproxy.native import pure_mode as cython
 
 import asyncio
 import logging
@@ -19,28 +31,38 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from lbproxy.balance.cluster import Outcome, Refusal
+from lbproxy.balance.gate import Refusal
 from lbproxy.proxy import errors
-from lbproxy.proxy.errors import ProxyError
-from lbproxy.proxy.http import (
-    E_EXPECTATION,
-    E_TRANSFER_CODING,
-    F_CLOSE,
-    F_EXPECT_CONTINUE,
-    F_UPGRADE,
-    FRAME_CHUNKED,
-    FRAME_LENGTH,
-    FRAME_NONE,
-    OK,
-    HeadCollector,
-    analyse_request,
-)
+from lbproxy.proxy.http import analyse_request
+
+if not cython.compiled:  # compiled, _client_c.pxd cimports these as C declarations
+    from lbproxy.codes import (
+        E_EXPECTATION,
+        E_TRANSFER_CODING,
+        F_CLOSE,
+        F_EXPECT_CONTINUE,
+        F_UPGRADE,
+        FRAME_CHUNKED,
+        FRAME_LENGTH,
+        FRAME_NONE,
+        OK,
+        OUTCOME_CLIENT_ABORT,
+        OUTCOME_CONNECT_FAILED,
+        OUTCOME_HTTP_5XX,
+        OUTCOME_OK,
+        OUTCOME_RESET,
+        OUTCOME_TIMEOUT,
+    )
+    from lbproxy.proxy.http import HeadCollector
+
+    if TYPE_CHECKING:
+        from lbproxy.balance.gate import Cluster, Lease
+        from lbproxy.proxy.pool import UpstreamConnection, UpstreamPool
 
 if TYPE_CHECKING:
-    from lbproxy.balance.cluster import Lease
     from lbproxy.control.snapshot import Snapshot
+    from lbproxy.proxy.errors import ProxyError
     from lbproxy.proxy.plane import DataPlane
-    from lbproxy.proxy.pool import UpstreamConnection, UpstreamPool
 
 log = logging.getLogger("lbproxy.proxy")
 
@@ -83,7 +105,12 @@ U_IDLE = 3  # no byte from the backend for too long: 504, or abort mid-body
 LINGER_S = 2.0
 
 _INF = math.inf
+# Bound once (uvloop's includes/stdlib.pxi habit): a module global costs a dict lookup per
+# use in Python, and compiled these are C-level references.
 _now_ns = time.monotonic_ns
+RequestParser = httptools.HttpRequestParser
+ParserUpgrade = httptools.HttpParserUpgrade
+ParserError = httptools.HttpParserError
 
 
 class _Reject(Exception):
@@ -120,21 +147,71 @@ class Exchange:
         "retried",
         "snapshot",
         "status",
+        "t_client_body_idle",
+        "t_connect",
+        "t_upstream_headers",
+        "t_upstream_idle",
         "tried",
         "up",
         "upstream_head",
         "waiting_pool",
     )
 
-    def __init__(
-        self,
+    # For type checkers; new() sets each one (_client_c.pxd types them in C).
+    abandoned: bool
+    body_done: bool
+    body_received: int
+    conn: ClientConnection
+    connect_task: asyncio.Future[Any] | None
+    content_length: int
+    flags: int
+    framing: int
+    head_request: bool
+    headers: list[tuple[bytes, bytes]]
+    host: bytes
+    keep_alive: bool
+    lease: Lease | None
+    max_body: int
+    method: bytes
+    minor: int
+    path: bytes
+    pending: list[bytes] | None
+    pending_bytes: int
+    pool: UpstreamPool | None
+    query: bytes
+    replay: bytes | None
+    resent: bool
+    retried: bool
+    snapshot: Snapshot
+    status: int
+    t_client_body_idle: float
+    t_connect: float
+    t_upstream_headers: float
+    t_upstream_idle: float
+    tried: tuple[int, ...]
+    up: UpstreamConnection | None
+    upstream_head: bytes
+    waiting_pool: bool
+
+    @staticmethod
+    def new(
         conn: ClientConnection,
         snapshot: Snapshot,
         method: bytes,
         minor: int,
         headers: list[tuple[bytes, bytes]],
         analysed: tuple[int, bytes, bytes, bytes, int, int, int, bytes],
-    ) -> None:
+    ) -> Exchange:
+        """An exchange for one request head (`analysed` is analyse_request's result).
+
+        A factory, not ``__init__``: compiled, it fills a C struct with no argument tuple.
+        """
+        self = Exchange.__new__(Exchange)
+        # `snapshot` is conn._snap, whose timeouts conn cached when it read it.
+        self.t_connect = conn._t_connect
+        self.t_client_body_idle = conn._t_client_body_idle
+        self.t_upstream_headers = conn._t_upstream_headers
+        self.t_upstream_idle = conn._t_upstream_idle
         _, self.host, self.path, self.query, framing, clen, flags, self.upstream_head = analysed
         self.conn = conn
         self.snapshot = snapshot
@@ -148,23 +225,24 @@ class Exchange:
         self.keep_alive = not flags & (F_CLOSE | F_UPGRADE)
         self.body_done = framing == FRAME_NONE or (framing == FRAME_LENGTH and clen == 0)
         self.body_received = 0
-        self.pending: list[bytes] | None = []
+        self.pending = []
         self.pending_bytes = 0
         self.max_body = 0
-        self.lease: Lease | None = None
-        self.pool: UpstreamPool | None = None
-        self.up: UpstreamConnection | None = None
-        self.connect_task: asyncio.Future[Any] | None = None
+        self.lease = None
+        self.pool = None
+        self.up = None
+        self.connect_task = None
         self.waiting_pool = False
         self.abandoned = False
         self.retried = False  # sent again after a failure (so no second 100 Continue)
         self.resent = False  # sent again after a backend dropped it (at most once)
         self.status = 0
-        self.tried: tuple[int, ...] = ()  # slots of the attempts that failed (retries)
-        self.replay: bytes | None = None  # the whole body, when it went in the first write
+        self.tried = ()  # slots of the attempts that failed (retries)
+        self.replay = None  # the whole body, when it went in the first write
+        return self
 
 
-class ClientConnection(HeadCollector, asyncio.Protocol):
+class ClientConnection(HeadCollector):
     """One client connection: parse, validate, route, relay; keep-alive and pipelining."""
 
     __slots__ = (
@@ -176,13 +254,16 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         "_head_limit",
         "_head_raw",
         "_held",
+        "_lim_snap",
         "_loop",
+        "_max_request_line",
         "_no_more",
         "_parser",
         "_parsing",
         "_pause_bits",
         "_pending_error",
         "_plane",
+        "_pools",
         "_proto",
         "_queue",
         "_raw_left",
@@ -190,6 +271,13 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         "_saved_deadline",
         "_saved_kind",
         "_snap",
+        "_t_client_body_idle",
+        "_t_client_idle",
+        "_t_connect",
+        "_t_request_headers",
+        "_t_upstream_headers",
+        "_t_upstream_idle",
+        "_time",
         "_url",
         "deadline",
         "deadline_kind",
@@ -204,7 +292,10 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         super().__init__()
         self._plane = plane
         self._loop = plane.loop
-        self._parser = httptools.HttpRequestParser(self)
+        self._time = self._loop.time
+        self._pools = plane.pools  # read directly: no Python frame for plane.pool()
+        self._lim_snap: Snapshot | None = None
+        self._parser = RequestParser(self)
         self.transport: asyncio.Transport | None = None
         self._client_ip = b""
         self._proto = b"http"
@@ -234,6 +325,8 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         # loop time of the last byte from the backend; the ticker turns it into the idle
         # deadline, so a body chunk costs one clock read and no deadline arithmetic
         self.up_last = 0.0
+        # Last, so that nothing above resets what it caches (_head_limit among them).
+        self._cache_snapshot(self._snap)
 
     # -- asyncio.Protocol: client transport ------------------------------------------
 
@@ -248,7 +341,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         if self._plane.draining:
             self._close()
             return
-        self.deadline = self._loop.time() + self._snap.timeouts.client_idle
+        self.deadline = self._time() + self._t_client_idle
         self.deadline_kind = K_IDLE
 
     def data_received(self, data: bytes) -> None:
@@ -281,7 +374,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         except _Reject:
             return b""  # over the route's limit: already answered and closing
         # The parser still expects those bytes: a fresh one reads whatever comes next.
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser = RequestParser(self)
         self.on_message_complete()
         return b"" if self._closing else data[left:]
 
@@ -312,7 +405,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         self._begun = 0
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except ParserUpgrade:
             # An Upgrade request (no body, checked in analyse_request) was forwarded as a
             # plain request; what follows it is another protocol, which we do not speak.
             self._no_more = True
@@ -320,7 +413,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
             if self._active is None:
                 self._close()
             return False
-        except httptools.HttpParserError as exc:
+        except ParserError as exc:
             if self._closing:
                 return False
             if self._close_asked and self._parsing is None and not self.in_head:
@@ -370,7 +463,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
             return True  # keep our side open to send the response (RFC 9112 §9.6)
         if ex is not None:
             # EOF mid-request: the upstream exchange must not look complete.
-            self._abandon(ex, Outcome.CLIENT_ABORT)
+            self._abandon(ex, OUTCOME_CLIENT_ABORT)
         self._close()
         return True
 
@@ -380,7 +473,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         self._plane.unregister(self)
         ex = self._active
         if ex is not None:
-            self._abandon(ex, Outcome.CLIENT_ABORT)
+            self._abandon(ex, OUTCOME_CLIENT_ABORT)
         for queued in self._queue:
             queued.abandoned = True
         self._queue.clear()
@@ -393,7 +486,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
             ex.up.transport.pause_reading()
         # A client that stops reading is on the client-idle clock, not the backend's.
         self._saved_deadline, self._saved_kind = self.deadline, self.deadline_kind
-        self.deadline = self._loop.time() + self._snap.timeouts.client_idle
+        self.deadline = self._time() + self._t_client_idle
         self.deadline_kind = K_STALL
         if self.up_kind == U_IDLE:
             self.up_deadline = _INF
@@ -407,7 +500,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         if ex is not None and ex.up is not None and ex.up.transport is not None:
             ex.up.transport.resume_reading()
             if self.up_kind == U_IDLE:
-                self.up_deadline = self._loop.time() + ex.snapshot.timeouts.upstream_idle
+                self.up_deadline = self._time() + ex.t_upstream_idle
 
     # -- httptools callbacks (request) -----------------------------------------------
 
@@ -416,24 +509,42 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         if self._closing or self._no_more:
             raise _Reject("connection is closing")
         snap = self._snap = self._plane.snapshot
-        lim = snap.limits
+        if snap is not self._lim_snap:
+            self._cache_snapshot(snap)
         self._url = b""
         self.headers = []
         self.header_bytes = 0
-        self.max_header_bytes = lim.max_header_bytes
-        self.max_headers = lim.max_headers
         self.in_head = True
         self._head_raw = 0
         self._begun += 1
-        self._head_limit = lim.max_request_line + lim.max_header_bytes + 4 * lim.max_headers + 4
         if self._active is None or self._active.body_done:
-            self.deadline = self._loop.time() + snap.timeouts.request_headers
+            self.deadline = self._time() + self._t_request_headers
             self.deadline_kind = K_HEAD
+
+    def _cache_snapshot(self, snap: Snapshot) -> None:
+        """Copy `snap`'s limits and timeouts into fields (C values when compiled).
+
+        Run only when the controller swapped the snapshot, so that a request reads no
+        config attributes: `_snap` is assigned in __init__ and on_message_begin only.
+        """
+        lim = snap.limits
+        t = snap.timeouts
+        self._lim_snap = snap
+        self.max_header_bytes = lim.max_header_bytes
+        self.max_headers = lim.max_headers
+        self._max_request_line = lim.max_request_line
+        self._head_limit = lim.max_request_line + lim.max_header_bytes + 4 * lim.max_headers + 4
+        self._t_request_headers = t.request_headers
+        self._t_client_body_idle = t.client_body_idle
+        self._t_client_idle = t.client_idle
+        self._t_connect = t.connect
+        self._t_upstream_headers = t.upstream_headers
+        self._t_upstream_idle = t.upstream_idle
 
     def on_url(self, url: bytes) -> None:
         """Collect the request target (it may arrive in pieces)."""
         self._url += url
-        if len(self._url) > self._snap.limits.max_request_line:
+        if len(self._url) > self._max_request_line:
             self._reject = errors.URI_TOO_LONG
             raise _Reject("request line too long")
 
@@ -458,7 +569,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         if method == b"CONNECT":
             self._reject = errors.UNSUPPORTED_METHOD
             raise _Reject("CONNECT")
-        if len(self._url) + len(method) + 10 > self._snap.limits.max_request_line:
+        if len(self._url) + len(method) + 10 > self._max_request_line:
             self._reject = errors.URI_TOO_LONG
             raise _Reject("request line too long")
         analysed = analyse_request(
@@ -474,7 +585,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
                 else errors.BAD_REQUEST
             )
             raise _Reject("invalid request head")
-        ex = Exchange(self, self._snap, method, minor, self.headers, analysed)
+        ex = Exchange.new(self, self._snap, method, minor, self.headers, analysed)
         self._parsing = ex
         if not ex.keep_alive:
             self._close_asked = True
@@ -500,7 +611,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
             self._body_too_large(ex)
             raise _Reject("body too large")
         if ex is self._active:
-            self.deadline = self._loop.time() + ex.snapshot.timeouts.client_body_idle
+            self.deadline = self._time() + ex.t_client_body_idle
             self.deadline_kind = K_BODY
         up = ex.up
         if up is not None:
@@ -543,7 +654,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
                 up.transport.write(CHUNK_END)
             up.request_complete()
             if not up.started:
-                self.up_deadline = self._loop.time() + ex.snapshot.timeouts.upstream_headers
+                self.up_deadline = self._time() + ex.t_upstream_headers
                 self.up_kind = U_HEADERS
         elif ex.pending is not None and ex.framing == FRAME_CHUNKED:
             ex.pending.append(CHUNK_END)
@@ -565,18 +676,22 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
             # RFC 9110 §15.5.14: refuse before forwarding a byte of an oversized body.
             self._local_reply(ex, errors.BODY_TOO_LARGE)
             return
-        gate = route.cluster.begin(route.hash_key(ex.path, ex.query, ex.headers), _now_ns())
+        cluster: Cluster = route.cluster
+        gate = cluster.begin(route.hash_key(ex.path, ex.query, ex.headers), _now_ns())
         if type(gate) is Refusal:
             self._local_reply(ex, errors.refusal(gate.code, gate.retry_after))
             return
         ex.lease = gate
         backend = gate.backend
-        pool = ex.pool = plane.pool(backend.host, backend.port)
-        now = self._loop.time()
-        self.up_deadline = now + snap.timeouts.connect
+        pool = self._pools.get((backend.host, backend.port))
+        if pool is None:
+            pool = plane.pool(backend.host, backend.port)
+        ex.pool = pool
+        now = self._time()
+        self.up_deadline = now + ex.t_connect
         self.up_kind = U_CONNECT
         if not ex.body_done and self.deadline_kind != K_HEAD:
-            self.deadline = now + snap.timeouts.client_body_idle
+            self.deadline = now + ex.t_client_body_idle
             self.deadline_kind = K_BODY
         pool.acquire(ex)
 
@@ -600,7 +715,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         if self._pause_bits & P_BUFFER:
             self._resume(P_BUFFER)
         if ex.body_done:
-            self.up_deadline = self._loop.time() + ex.snapshot.timeouts.upstream_headers
+            self.up_deadline = self._time() + ex.t_upstream_headers
             self.up_kind = U_HEADERS
         else:
             self.up_deadline = _INF
@@ -620,12 +735,12 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
 
     def response_started(self) -> None:
         """The response head is on its way: the backend is now on the idle clock."""
-        self.up_deadline = self.up_last + self._snap.timeouts.upstream_idle
+        self.up_deadline = self.up_last + self._t_upstream_idle
         self.up_kind = U_IDLE
 
     def response_done(self, ex: Exchange) -> None:
         """The response was fully relayed: account it, then serve the next request."""
-        self._end_lease(ex, Outcome.HTTP_5XX if ex.status >= 500 else Outcome.OK)
+        self._end_lease(ex, OUTCOME_HTTP_5XX if ex.status >= 500 else OUTCOME_OK)
         self._finish(ex)
         if self._pending_error is not None:
             self._send_error(self._pending_error)  # a later pipelined request was bad
@@ -673,14 +788,14 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
                 # even after the keep-alive race's resend above met another stale connection.
                 ex.retried = ex.resent = True
                 ex.pending = [] if ex.replay is None else [ex.replay]
-                if self._retry(ex, Outcome.RESET):
+                if self._retry(ex, OUTCOME_RESET):
                     return
-            self._end_lease(ex, Outcome.RESET)
+            self._end_lease(ex, OUTCOME_RESET)
             self._fail(ex, errors.BACKEND_FAILED)
             return
         # Mid-body: the client keeps what arrived, then the connection closes; never a
         # clean chunked end or a complete-looking response.
-        self._end_lease(ex, Outcome.RESET)
+        self._end_lease(ex, OUTCOME_RESET)
         self._finish(ex)
         self._close()
 
@@ -690,12 +805,12 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
             return
         # Nothing was sent, so any method may go to another backend, provided every body
         # byte received so far is still held (`pending`; None once bytes went upstream).
-        if ex.pending is not None and self._retry(ex, Outcome.CONNECT_FAILED):
+        if ex.pending is not None and self._retry(ex, OUTCOME_CONNECT_FAILED):
             return
-        self._end_lease(ex, Outcome.CONNECT_FAILED)
+        self._end_lease(ex, OUTCOME_CONNECT_FAILED)
         self._fail(ex, errors.BACKEND_CONNECT_FAILED)
 
-    def _retry(self, ex: Exchange, outcome: Outcome) -> bool:
+    def _retry(self, ex: Exchange, outcome: int) -> bool:
         """End the failed attempt's lease; begin `ex` again on another backend if allowed."""
         lease = ex.lease
         self._end_lease(ex, outcome)  # first: outlier detection sees the failure
@@ -705,7 +820,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         route = snap.router.match(ex.method, ex.path, ex.host, ex.headers)  # as in _start
         if route is None:
             return False
-        cluster = route.cluster
+        cluster: Cluster = route.cluster
         tried = ex.tried = (*ex.tried, lease.slot)
         if len(tried) > cluster.config.retry.attempts or len(tried) >= len(cluster.backends):
             return False  # out of attempts, or of backends not yet tried (nginx's rule)
@@ -716,7 +831,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         ex.lease = gate
         backend = gate.backend
         pool = ex.pool = self._plane.pool(backend.host, backend.port)
-        self.up_deadline = self._loop.time() + snap.timeouts.connect
+        self.up_deadline = self._time() + ex.t_connect
         self.up_kind = U_CONNECT
         pool.acquire(ex)
         return True
@@ -731,7 +846,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
 
     # -- endings -----------------------------------------------------------------------
 
-    def _end_lease(self, ex: Exchange, outcome: Outcome) -> None:
+    def _end_lease(self, ex: Exchange, outcome: int) -> None:
         """End the lease exactly once (the only call to Lease.end in the data plane)."""
         lease = ex.lease
         if lease is not None:
@@ -748,7 +863,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         if self._pause_bits & P_UPSTREAM:
             self._resume(P_UPSTREAM)
 
-    def _abandon(self, ex: Exchange, outcome: Outcome) -> None:
+    def _abandon(self, ex: Exchange, outcome: int) -> None:
         """Drop the upstream side of `ex` (connection closed, never reused) and end it."""
         ex.abandoned = True
         up = ex.up
@@ -786,7 +901,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         if self._plane.draining:
             self._close()
             return
-        self.deadline = self._loop.time() + self._snap.timeouts.client_idle
+        self.deadline = self._time() + self._t_client_idle
         self.deadline_kind = K_IDLE
 
     def _local_reply(self, ex: Exchange, err: ProxyError) -> None:
@@ -831,7 +946,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         self.up_deadline = _INF
         transport.write_eof()
         transport.resume_reading()
-        self.deadline = self._loop.time() + LINGER_S
+        self.deadline = self._time() + LINGER_S
         self.deadline_kind = K_LINGER
 
     def _parse_failed(self, err: ProxyError) -> None:
@@ -846,7 +961,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
             # The broken bytes were the active request's own body: its upstream exchange
             # must not complete (it would look like a whole request).
             started = ex.up is not None and ex.up.started
-            self._abandon(ex, Outcome.CLIENT_ABORT)
+            self._abandon(ex, OUTCOME_CLIENT_ABORT)
             if started:
                 self._close()
             else:
@@ -858,7 +973,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         """The running total of a chunked body passed the route's limit: 413 or abort."""
         started = ex.up is not None and ex.up.started
         self._no_more = True
-        self._abandon(ex, Outcome.CLIENT_ABORT)
+        self._abandon(ex, OUTCOME_CLIENT_ABORT)
         if started:
             self._close()
         else:
@@ -877,7 +992,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
         """Drop the connection now (drain deadline passed)."""
         ex = self._active
         if ex is not None:
-            self._abandon(ex, Outcome.CLIENT_ABORT)
+            self._abandon(ex, OUTCOME_CLIENT_ABORT)
         self._closing = True
         if self.transport is not None:
             self.transport.abort()
@@ -910,7 +1025,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
                 self.transport.close()
         elif kind in (K_IDLE, K_STALL):
             if kind == K_STALL and self._active is not None:
-                self._abandon(self._active, Outcome.CLIENT_ABORT)
+                self._abandon(self._active, OUTCOME_CLIENT_ABORT)
             self._close()
         elif kind == K_HEAD:
             if self._active is not None:
@@ -923,7 +1038,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
             ex = self._active
             started = ex is not None and ex.up is not None and ex.up.started
             if ex is not None:
-                self._abandon(ex, Outcome.CLIENT_ABORT)
+                self._abandon(ex, OUTCOME_CLIENT_ABORT)
             if started:
                 self._close()
             else:
@@ -932,7 +1047,7 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
     def upstream_timeout(self, now: float) -> None:
         """The upstream-side deadline passed (connect, response head or idle mid-body)."""
         if self.up_kind == U_IDLE:
-            idle_until = self.up_last + self._snap.timeouts.upstream_idle
+            idle_until = self.up_last + self._t_upstream_idle
             if idle_until > now:
                 self.up_deadline = idle_until  # bytes arrived since: not idle yet
                 return
@@ -947,10 +1062,10 @@ class ClientConnection(HeadCollector, asyncio.Protocol):
             # A connect timeout sent nothing: retried like a refusal. Only if the connect
             # is really cancelled (not done with its callback pending, which would attach).
             ex.connect_task = None
-            if task.cancel() and self._retry(ex, Outcome.TIMEOUT):
+            if task.cancel() and self._retry(ex, OUTCOME_TIMEOUT):
                 return
         started = ex.up is not None and ex.up.started
-        self._abandon(ex, Outcome.TIMEOUT)
+        self._abandon(ex, OUTCOME_TIMEOUT)
         if started:
             # Mid-body: abort both sides; the client must not see a complete response.
             self._closing = True

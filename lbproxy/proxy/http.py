@@ -1,16 +1,17 @@
-"""Facade over the request/response head code: the compiled ``lbproxy.proxy._http_c`` or its twin.
+"""Facade over the request/response head code: the compiled twin ``_http_c`` or ``_http_py``.
 
-``LBPROXY_NO_EXTENSIONS=1`` (or a missing build) selects the pure-Python twin
-``lbproxy.proxy._http_py``; type checkers always read the twin. ``NATIVE`` says which one
-is in use. Constants and tables always come from the twin (they are data, not code).
+The two are twins (the compiled one uses C lookup tables and builds each head in one
+buffer; tests/test_proxy_http_twin.py checks with hypothesis that they agree), chosen by
+lbproxy/native.py; type checkers always read the Python one. Codes come from
+lbproxy/codes.py and tables from the Python twin (they are data, not code).
 """
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
-from lbproxy.proxy._http_py import (
+from lbproxy import native
+from lbproxy.codes import (
     E_BAD_REQUEST,
     E_EXPECTATION,
     E_TRANSFER_CODING,
@@ -22,11 +23,12 @@ from lbproxy.proxy._http_py import (
     FRAME_LENGTH,
     FRAME_NONE,
     OK,
-    interim_head,
 )
+from lbproxy.proxy._http_py import interim_head
 
-NATIVE = False
-if TYPE_CHECKING or os.environ.get("LBPROXY_NO_EXTENSIONS") == "1":
+NATIVE = not native.NO_EXTENSIONS
+
+if TYPE_CHECKING:
     from lbproxy.proxy._http_py import (
         HeadCollector,
         analyse_request,
@@ -35,24 +37,12 @@ if TYPE_CHECKING or os.environ.get("LBPROXY_NO_EXTENSIONS") == "1":
         valid_request_id,
     )
 else:
-    try:
-        from lbproxy.proxy._http_c import (
-            HeadCollector,
-            analyse_request,
-            analyse_response,
-            new_request_id,
-            valid_request_id,
-        )
-
-        NATIVE = True
-    except ImportError:  # not built (e.g. a source checkout without a compiler)
-        from lbproxy.proxy._http_py import (
-            HeadCollector,
-            analyse_request,
-            analyse_response,
-            new_request_id,
-            valid_request_id,
-        )
+    _impl = native.load("lbproxy.proxy._http_c")
+    HeadCollector = _impl.HeadCollector
+    analyse_request = _impl.analyse_request
+    analyse_response = _impl.analyse_response
+    new_request_id = _impl.new_request_id
+    valid_request_id = _impl.valid_request_id
 
 __all__ = [
     "E_BAD_REQUEST",

@@ -10,7 +10,7 @@ or touch the control plane.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from lbproxy.proxy.protocols import ClientConnection, UpstreamPool
 
@@ -27,7 +27,9 @@ class DataPlane:
         self.draining = False
         self.inflight_requests = 0
         self._connections: set[ClientConnection] = set()
-        self._pools: dict[tuple[str, int], UpstreamPool] = {}
+        # Upstream pools by backend address: they outlive snapshots. The client protocol reads
+        # this dict directly (one lookup per request, no Python frame for pool()).
+        self.pools: dict[tuple[str, int], UpstreamPool] = {}
         self._ticker: asyncio.TimerHandle | None = None
 
     @property
@@ -45,14 +47,16 @@ class DataPlane:
 
     def protocol_factory(self) -> asyncio.Protocol:
         """A new client-connection Protocol (pass this method to loop.create_server)."""
-        return ClientConnection(self)
+        # An asyncio protocol by duck typing: compiled, ClientConnection is a cdef class,
+        # which cannot also derive from the Python class asyncio.Protocol.
+        return cast(asyncio.Protocol, ClientConnection(self))
 
     def pool(self, host: str, port: int) -> UpstreamPool:
         """The connection pool of one backend address (created on first use)."""
         key = (host, port)
-        pool = self._pools.get(key)
+        pool = self.pools.get(key)
         if pool is None:
-            pool = self._pools[key] = UpstreamPool(self, host, port)
+            pool = self.pools[key] = UpstreamPool(self, host, port)
         return pool
 
     def register(self, conn: ClientConnection) -> None:
@@ -83,10 +87,10 @@ class DataPlane:
             if conn.up_deadline <= now:
                 conn.upstream_timeout(now)
         idle_timeout = self.snapshot.upstream.idle_timeout
-        for pool in self._pools.values():
+        for pool in self.pools.values():
             if pool.idle:
                 pool.sweep(now, idle_timeout)
-        if self._connections or any(p.idle for p in self._pools.values()):
+        if self._connections or any(p.idle for p in self.pools.values()):
             self._ticker = self.loop.call_later(self._tick_interval(), self._tick)
         else:
             self._ticker = None
@@ -96,12 +100,12 @@ class DataPlane:
         self.draining = True
         for conn in list(self._connections):
             conn.drain()
-        for pool in self._pools.values():
+        for pool in self.pools.values():
             pool.close_idle()
         end = self.loop.time() + deadline_s
         while self._connections and self.loop.time() < end:
             await asyncio.sleep(0.01)
         for conn in list(self._connections):
             conn.abort()
-        for pool in self._pools.values():
+        for pool in self.pools.values():
             pool.close_idle()

@@ -1,3 +1,4 @@
+# cython: cdivision=False, annotation_typing=False
 """Upstream side: one keep-alive connection Protocol per backend socket, pooled per address.
 
 Owns connecting (connect timeout, refusal), the response parser glue (httptools in response
@@ -6,9 +7,19 @@ whether a connection may be reused: only after an exchange that ended cleanly (R
 §9.3: response fully read, request fully sent, no ``Connection: close``). Must not touch
 routing or the cluster gate: outcomes are reported to the client connection, which owns
 the lease.
+
+One source, two builds: this module runs as plain Python (``LBPROXY_NO_EXTENSIONS=1``) and
+is what Cython compiles into ``lbproxy.proxy._pool_c``, with ``_pool_c.pxd`` beside it
+declaring the C types (see lbproxy/proxy/client.py, its partner). Import the classes
+through lbproxy/proxy/protocols.py, which picks the build.
 """
 
 from __future__ import annotations
+
+try:
+    import cython
+except ImportError:  # pragma: no cover - Python without Cython installed
+    from lbproxy.native import pure_mode as cython
 
 import asyncio
 from collections import deque
@@ -16,31 +27,32 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from lbproxy.proxy.http import (
-    FRAME_CHUNKED,
-    FRAME_CLOSE,
-    FRAME_LENGTH,
-    OK,
-    HeadCollector,
-    analyse_response,
-    interim_head,
-)
+from lbproxy.proxy.http import analyse_response, interim_head
+
+if not cython.compiled:  # compiled, _pool_c.pxd cimports these as C declarations
+    from lbproxy.codes import FRAME_CHUNKED, FRAME_CLOSE, FRAME_LENGTH, OK
+    from lbproxy.proxy.http import HeadCollector
+
+    if TYPE_CHECKING:
+        from lbproxy.proxy.client import ClientConnection, Exchange
 
 if TYPE_CHECKING:
-    from lbproxy.proxy.client import ClientConnection, Exchange
     from lbproxy.proxy.plane import DataPlane
 
 CHUNK_END = b"0\r\n\r\n"
 CRLF = b"\r\n"
 _MAX_RESPONSE_HEAD = 65536  # bytes of response header fields before we call it malformed
 _MAX_RESPONSE_HEADERS = 200
+# Bound once: a module global costs a dict lookup per use in Python.
+ResponseParser = httptools.HttpResponseParser
+ParserError = httptools.HttpParserError
 
 
 class _BadResponse(Exception):
     """Raised inside parser callbacks: the backend's response is malformed (→ 502)."""
 
 
-class UpstreamConnection(HeadCollector, asyncio.Protocol):
+class UpstreamConnection(HeadCollector):
     """One connection to a backend; carries one exchange at a time, then returns to its pool."""
 
     __slots__ = (
@@ -73,7 +85,7 @@ class UpstreamConnection(HeadCollector, asyncio.Protocol):
         self.pool = pool
         self._time = pool.loop.time
         self.transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser = ResponseParser(self)
         self._interim = False
         self._done = False
         self._reusable = False
@@ -149,7 +161,7 @@ class UpstreamConnection(HeadCollector, asyncio.Protocol):
         out = self._out
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError:
+        except ParserError:
             if out:
                 self._flush()
             if self._done and self.client is not None:
@@ -186,7 +198,7 @@ class UpstreamConnection(HeadCollector, asyncio.Protocol):
             data = data[:left]
             self._reusable = False
         transport.write(data)
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser = ResponseParser(self)
         self._complete()
 
     def _flush(self) -> None:
@@ -287,7 +299,7 @@ class UpstreamConnection(HeadCollector, asyncio.Protocol):
             # llhttp is not told the request was HEAD, so it would wait for a body that
             # never comes (RFC 9110 §9.3.2): the response ends here; use a fresh parser next.
             self._done = True
-            self._parser = httptools.HttpResponseParser(self)
+            self._parser = ResponseParser(self)
 
     def on_body(self, data: bytes) -> None:
         """Relay one piece of the response body, re-framed for the client."""
@@ -334,7 +346,7 @@ class UpstreamConnection(HeadCollector, asyncio.Protocol):
         client = self.client
         self.abort()
         if ex is not None and client is not None:
-            client.upstream_failed(ex, self, malformed=True)
+            client.upstream_failed(ex, self, True)  # malformed
 
     def request_complete(self) -> None:
         """The client's request body is fully written upstream."""
@@ -374,7 +386,10 @@ class UpstreamPool:
     def _connect(self, ex: Exchange) -> None:
         self.total += 1
         ex.connect_task = task = asyncio.ensure_future(
-            self.loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port)
+            # An asyncio protocol by duck typing: compiled, it is a cdef class, which cannot
+            # also derive from the Python class asyncio.Protocol.
+            self.loop.create_connection(
+                lambda: UpstreamConnection(self), self.host, self.port)  # type: ignore[type-var]
         )
         task.add_done_callback(lambda t: self._connected(ex, t))
 

@@ -1,32 +1,27 @@
-"""Facade over the two protocols: the compiled ``lbproxy._proxy_c`` or the twins.
+"""Facade over the two protocols: the compiled ``_client_c`` / ``_pool_c`` or their source.
 
-The twins are ``lbproxy.proxy.client`` (ClientConnection, Exchange) and
-``lbproxy.proxy.pool`` (UpstreamConnection, UpstreamPool). ``LBPROXY_NO_EXTENSIONS=1``
-(or a missing build) selects them; type checkers always read them. ``NATIVE`` says which
-one is in use. Must not hold any behaviour of its own.
+The client protocol (ClientConnection, Exchange) is written once in
+lbproxy/proxy/client.py and the upstream one (UpstreamConnection, UpstreamPool) in
+lbproxy/proxy/pool.py; Cython compiles each through the ``.pxd`` beside it.
+lbproxy/native.py picks the build; type checkers read the sources. ``NATIVE`` says
+which one is in use. Must not hold any behaviour of its own.
 """
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
-NATIVE = False
-if TYPE_CHECKING or os.environ.get("LBPROXY_NO_EXTENSIONS") == "1":
+from lbproxy import native
+
+NATIVE = not native.NO_EXTENSIONS
+
+if TYPE_CHECKING:
     from lbproxy.proxy.client import ClientConnection, Exchange
     from lbproxy.proxy.pool import UpstreamConnection, UpstreamPool
 else:
-    try:
-        from lbproxy._proxy_c import (
-            ClientConnection,
-            Exchange,
-            UpstreamConnection,
-            UpstreamPool,
-        )
-
-        NATIVE = True
-    except ImportError:  # not built (e.g. a source checkout without a compiler)
-        from lbproxy.proxy.client import ClientConnection, Exchange
-        from lbproxy.proxy.pool import UpstreamConnection, UpstreamPool
+    _client = native.load("lbproxy.proxy._client_c")
+    _pool = native.load("lbproxy.proxy._pool_c")
+    ClientConnection, Exchange = _client.ClientConnection, _client.Exchange
+    UpstreamConnection, UpstreamPool = _pool.UpstreamConnection, _pool.UpstreamPool
 
 __all__ = ["NATIVE", "ClientConnection", "Exchange", "UpstreamConnection", "UpstreamPool"]

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, final
 
 if TYPE_CHECKING:
-    from lbproxy.balance.cluster import Cluster
+    from lbproxy.balance.gate import Cluster
     from lbproxy.control.config import RouteConfig
 
 Headers = Sequence[tuple[bytes, bytes]]

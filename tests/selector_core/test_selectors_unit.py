@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 
 import pytest
@@ -32,9 +31,10 @@ XXH64_VECTORS = [
 
 def test_native_module_loaded() -> None:
     """The compiled core must load unless the twin was asked for (yarl's check)."""
+    from lbproxy import native
     from lbproxy.balance import selectors
 
-    if os.environ.get("LBPROXY_NO_EXTENSIONS"):
+    if native.NO_EXTENSIONS:
         assert not selectors.NATIVE
         pytest.skip("LBPROXY_NO_EXTENSIONS is set")
     assert selectors.NATIVE, "lbproxy.balance._selectors_c did not load; run `make build`"
