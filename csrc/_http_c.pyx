@@ -20,19 +20,7 @@ import os
 
 from lbproxy.proxy._http_py import STATUS_LINES as _STATUS_LINES_DICT
 
-from lbproxy._codes cimport (
-    E_BAD_REQUEST,
-    E_EXPECTATION,
-    E_TRANSFER_CODING,
-    F_CLOSE,
-    F_EXPECT_CONTINUE,
-    F_UPGRADE,
-    FRAME_CHUNKED,
-    FRAME_CLOSE,
-    FRAME_LENGTH,
-    FRAME_NONE,
-    OK,
-)
+from lbproxy._codes cimport *  # every shared code, as C enums
 
 cdef unsigned char _ID_OK[256]
 cdef unsigned char _DIGIT[256]

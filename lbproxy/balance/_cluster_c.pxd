@@ -8,7 +8,7 @@
 cimport cython
 from libc.stdint cimport int64_t
 
-from lbproxy._codes cimport N_OUTCOMES, OUTCOME_CLIENT_ABORT, OUTCOME_OK
+from lbproxy._codes cimport *  # every shared code, as C enums
 from lbproxy.balance._latency_c cimport bucket_index
 
 cdef int64_t _PENALTY_NS, _NEVER_NS

@@ -10,23 +10,7 @@
 cimport cython
 from libc.stdint cimport int64_t
 
-from lbproxy._codes cimport (
-    E_EXPECTATION,
-    E_TRANSFER_CODING,
-    F_CLOSE,
-    F_EXPECT_CONTINUE,
-    F_UPGRADE,
-    FRAME_CHUNKED,
-    FRAME_LENGTH,
-    FRAME_NONE,
-    OK,
-    OUTCOME_CLIENT_ABORT,
-    OUTCOME_CONNECT_FAILED,
-    OUTCOME_HTTP_5XX,
-    OUTCOME_OK,
-    OUTCOME_RESET,
-    OUTCOME_TIMEOUT,
-)
+from lbproxy._codes cimport *  # every shared code, as C enums
 from lbproxy.balance._cluster_c cimport Cluster, Lease
 from lbproxy.proxy._http_c cimport HeadCollector
 from lbproxy.proxy._pool_c cimport UpstreamConnection, UpstreamPool

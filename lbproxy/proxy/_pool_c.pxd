@@ -5,7 +5,7 @@
 
 cimport cython
 
-from lbproxy._codes cimport FRAME_CHUNKED, FRAME_CLOSE, FRAME_LENGTH, OK
+from lbproxy._codes cimport *  # every shared code, as C enums
 from lbproxy.proxy._client_c cimport ClientConnection, Exchange
 from lbproxy.proxy._http_c cimport HeadCollector
 
