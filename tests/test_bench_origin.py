@@ -132,10 +132,16 @@ class FakeConn:
         self.answered += 1
 
 
-def test_a_late_timer_does_not_lower_capacity() -> None:
-    now = [0]
+def one_worker(now: list[int]) -> tuple[FakeLoop, CapacityLimit]:
+    """One worker, 20 ms a request, on a clock the test sets and a loop it fires by hand."""
     loop = FakeLoop()
     limit = CapacityLimit(1, 20_000_000, clock=lambda: now[0], loop=loop)  # type: ignore[arg-type]
+    return loop, limit
+
+
+def test_a_late_timer_does_not_lower_capacity() -> None:
+    now = [0]
+    loop, limit = one_worker(now)
     a, b = FakeConn(), FakeConn()
     limit.submit(a, 0)
     limit.submit(b, 1_000_000)  # arrives at 1 ms: waits
@@ -151,8 +157,7 @@ def test_a_late_timer_does_not_lower_capacity() -> None:
 
 def test_a_request_arriving_after_a_free_slot_starts_at_its_arrival() -> None:
     now = [0]
-    loop = FakeLoop()
-    limit = CapacityLimit(1, 20_000_000, clock=lambda: now[0], loop=loop)  # type: ignore[arg-type]
+    loop, limit = one_worker(now)
     a, b = FakeConn(), FakeConn()
     limit.submit(a, 0)
     limit.submit(b, 30_000_000)  # queued (the timer has not run) but arrived after 20 ms
