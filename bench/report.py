@@ -101,7 +101,7 @@ def _goal_text(goals: dict[str, float]) -> str:
     """A phase's goals in words, from the scenario file's goal keys."""
     words = {
         "max_refused": lambda v: "nothing shed" if v == 0 else f"at most {v:g} shed",
-        "critical": lambda v: f"critical ≥{v:.1%}".replace(".0%", "%"),
+        "critical": lambda v: "100% critical" if v >= 1 else f"critical ≥{v:.1%}",
         "goodput": lambda v: f"goodput ≥{v:.0%}",
         "p99_x_unloaded": lambda v: f"p99 admitted ≤{v:g}x unloaded p99",
         "refusal_p99_ms": lambda v: f"refusal p99 ≤{v:g} ms",
@@ -118,8 +118,14 @@ def surge_markdown(surge: dict[str, Any], meta: dict[str, Any], command: str) ->
     classes = ", ".join(f"{c['name']} `{c['path_prefix']}` {c['share']:.0%} ({c['priority']})"
                         for c in surge["classes"])
     static = [p for p in surge["phases"] if p["step_at_s"] is None]
+    loads = [p for p in static if not p["baseline"]] or static
     steps = [p for p in surge["phases"] if p["step_at_s"] is not None]
     quick = " (--quick: a tenth of the length)" if meta["quick"] else ""
+    warmups = ", ".join(sorted({f"{p['warmup_s']:g} s" for p in surge["phases"]}))
+    lengths = ", ".join(x for x in (
+        _phase_lengths(loads, "per load factor"),
+        _phase_lengths([p for p in static if p["baseline"]], "for the unloaded reference"),
+        _phase_lengths(steps, "for the steps")) if x) + f"; the first {warmups} not measured"
     goals = "; ".join(f"{p['name']}: {_goal_text(p['goals'])}"
                       for p in surge["phases"] if p["goals"])
     lines = [
@@ -131,8 +137,7 @@ def surge_markdown(surge: dict[str, Any], meta: dict[str, Any], command: str) ->
         f"Origins: {o['count']:g} x ({o['concurrency']:g} at a time, {o['service_ms']:g} ms "
         f"each, FIFO beyond) = **{surge['capacity_rps']:.0f} req/s**. Classes: {classes}. "
         f"Open loop, {surge['timeout_s']:g} s client deadline; each phase is its own run on "
-        f"a fresh proxy and idle origins ({static[0]['duration_s'] if static else 0:g} s, "
-        f"the first {static[0]['warmup_s'] if static else 0:g} s not measured).",
+        f"a fresh proxy and idle origins ({lengths}).",
         "",
         f"**Goals for lbproxy** (every proxy is checked against them): {goals}; "
         f"{_goal_text(surge['goals'])}.",
@@ -174,6 +179,11 @@ def surge_markdown(surge: dict[str, Any], meta: dict[str, Any], command: str) ->
     lines.append("")
     for name, reason in surge["unsupported"].items():
         lines.append(f"- **{name} not run**: {reason}")
+    lag = max(rows, key=lambda r: r["send_lag_p99_us"], default=None)
+    if lag is not None:
+        lines.append(f"- The generator's own lateness (send lag p99, inside every latency above) "
+                     f"peaked at {_ms(lag['send_lag_p99_us'])} ms ({lag['phase']}/{lag['proxy']}):"
+                     " other work on the machine delays it too.")
     drops = [r for r in rows if r["generator_drops"]]
     if drops:
         lines.append("- Generator drops (requests never sent; the generator fell behind): "
@@ -193,6 +203,13 @@ def surge_markdown(surge: dict[str, Any], meta: dict[str, Any], command: str) ->
         "refusals) still missed.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _phase_lengths(phases: list[dict[str, Any]], what: str) -> str:
+    """`8 s per load factor` for one kind of phase."""
+    if not phases:
+        return ""
+    return " and ".join(f"{d:g} s" for d in sorted({p["duration_s"] for p in phases})) + f" {what}"
 
 
 def _seconds(value: float | None, needed: object = True) -> str:

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from bench import procs, wrkcheck
-from bench.peers import Peer, PeerUnavailable
+from bench.peers import SURGE_ONLY, Peer, PeerUnavailable
 from bench.progress import LiveProgress
 from bench.runner import (
     GENERATOR_BOUND_SHARE,
@@ -47,7 +47,8 @@ def run_suite(
     phased = [s for s in scenarios if s.phases]
     scenarios = [s for s in scenarios if not s.phases]
     steady = next(s for s in load_all(["steady"])).scaled(factor)
-    peers, skipped = available_peers(proxy_names, progress)
+    # Surge-only variants (lbproxy-off, lbproxy-plain) have no place in the other scenarios.
+    peers, skipped = available_peers([n for n in proxy_names if n not in SURGE_ONLY], progress)
     started = time.time()
     runs: list[dict[str, Any]] = []
     scenario_skips: list[dict[str, str]] = []

@@ -1,4 +1,4 @@
-"""`python -m bench run --all --quick` end to end: every scenario (surge too), every available proxy."""
+"""`python -m bench run --all --quick` end to end: every scenario (surge too), every proxy."""
 
 from __future__ import annotations
 

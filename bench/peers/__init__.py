@@ -107,6 +107,9 @@ def all_peers() -> dict[str, type[Peer]]:
     }
 
 
+SURGE_ONLY = ("lbproxy-off", "lbproxy-plain")  # peer names only the surge scenario knows
+
+
 def surge_peers(names: list[str], concurrency: int, queue_ms: int,
                 classes: tuple[tuple[str, str], ...]) -> tuple[list[Peer], dict[str, str]]:
     """The surge scenario's variants for the requested proxy names, and those left out.
@@ -124,7 +127,7 @@ def surge_peers(names: list[str], concurrency: int, queue_ms: int,
     for name in names:
         if name == "lbproxy":
             peers += [SurgeLbproxyPeer("on", classes), SurgeLbproxyPeer("off", classes)]
-        elif name in ("lbproxy-off", "lbproxy-plain"):
+        elif name in SURGE_ONLY:
             peers.append(SurgeLbproxyPeer(name.removeprefix("lbproxy-"), classes))
         elif name == "haproxy":
             peers.append(SurgeHAProxyPeer(concurrency, queue_ms, classes))
