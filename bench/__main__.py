@@ -88,16 +88,24 @@ def _run(args: argparse.Namespace, command: str) -> int:
         wrk_check=not args.no_wrk,
         progress=progress,
     )
-    md = report.write(results, args.out, command)
+    written = report.write(results, args.out, command)
     if not args.no_plots:
         plots.write_all(results, args.out)
         if args.out.resolve() == RESULTS.resolve() and not args.quick:
-            report.update_readme(Path(__file__).parent / "README.md", md,
-                                 args.out / "latency_percentiles.png")
-    progress.console.print()
-    progress.console.print(md.read_text(), markup=False, highlight=False)
-    progress.console.print(f"results in {args.out}/ (results.json, results.md, *.png)")
-    return 0 if results["summary"] else 1
+            readme = Path(__file__).parent / "README.md"
+            if "results" in written:
+                report.update_readme(readme, written["results"],
+                                     args.out / "latency_percentiles.png")
+            if "surge" in written:
+                report.update_readme(readme, written["surge"], args.out / "surge.png",
+                                     report.SURGE_START, report.SURGE_END,
+                                     "surge: goodput and critical success by load factor")
+    for md in written.values():
+        progress.console.print()
+        progress.console.print(md.read_text(), markup=False, highlight=False)
+    files = ", ".join(f"{md.stem}.json, {md.name}" for md in written.values())
+    progress.console.print(f"results in {args.out}/ ({files}, *.png)")
+    return 0 if written else 1
 
 
 if __name__ == "__main__":

@@ -7,9 +7,12 @@ are not what limits a run; the sinks are bench/sink.py (uvloop + httptools).
 
 from __future__ import annotations
 
+import json
 import os
 import string
 import sys
+import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from subprocess import Popen
@@ -18,13 +21,17 @@ from bench import procs
 
 NGINX = "/usr/sbin/nginx"
 
-_ORIGIN_CONF = string.Template("""\
+# The head of every generated nginx config: in the foreground, one worker, files in $dir.
+NGINX_HEAD = """\
 daemon off;
 master_process on;
 worker_processes 1;
 $user
 pid $dir/nginx.pid;
-error_log $dir/error.log warn;
+error_log $dir/error.log $log_level;
+"""
+
+_ORIGIN_CONF = string.Template(NGINX_HEAD + """\
 events { worker_connections 8192; }
 http {
     access_log off;
@@ -87,6 +94,8 @@ class BackendSet:
     cpus: list[int] | None = None  # where backends run; None = anywhere
     origins: list[Backend] = field(default_factory=list)
     sinks: list[Backend] = field(default_factory=list)
+    # bench/origin.py processes for phased scenarios (surge), started on first use.
+    capacity_origins: list[Backend] = field(default_factory=list)
 
     def write_segments(self) -> Path:
         """Create the segment files (random bytes, so nothing compresses) once."""
@@ -120,6 +129,7 @@ class BackendSet:
         conf.write_text(
             _ORIGIN_CONF.substitute(
                 dir=d, port=b.port, name=b.name, segments=seg_dir, user=nginx_user_line(),
+                log_level="warn",
                 temp_paths=nginx_temp_paths(d),
             )
         )
@@ -129,6 +139,37 @@ class BackendSet:
     def _start_sink(self, b: Backend) -> None:
         b.proc = procs.start([sys.executable, "-m", "bench.sink", str(b.port), b.name],
                              self.workdir / f"{b.name}.log", self.cpus)
+
+    def start_capacity_origins(self, count: int, concurrency: int, service_ms: float) -> None:
+        """Start `count` capacity-limited origins (bench/origin.py) unless already up."""
+        if self.capacity_origins:
+            return
+        for i in range(count):
+            b = Backend(f"origin{i + 1}", procs.free_port(), "capacity")
+            b.proc = procs.start(
+                [sys.executable, "-m", "bench.origin", str(b.port), b.name, str(concurrency),
+                 str(service_ms)], self.workdir / f"capacity-{b.name}.log", self.cpus)
+            self.capacity_origins.append(b)
+        for b in self.capacity_origins:
+            assert b.proc is not None
+            procs.wait_port(b.port, b.proc)
+
+    def capacity_stats(self) -> list[dict[str, int]]:
+        """Each capacity-limited origin's counters (its /health, answered outside the queue)."""
+        out = []
+        for b in self.capacity_origins:
+            with urllib.request.urlopen(f"http://{b.address}/health", timeout=2) as resp:
+                out.append(json.loads(resp.read()))
+        return out
+
+    def wait_capacity_idle(self, timeout_s: float = 10.0) -> bool:
+        """Block until no capacity-limited origin has work in service or queued (bounded)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(s["busy"] == 0 and s["queued"] == 0 for s in self.capacity_stats()):
+                return True
+            time.sleep(0.05)
+        return False
 
     def restart_dead(self) -> None:
         """Bring back any backend a scenario killed, so the next run starts whole."""
@@ -154,6 +195,6 @@ class BackendSet:
 
     def stop(self) -> None:
         """Stop every backend (SIGTERM, so nginx masters reap their workers)."""
-        for b in self.origins + self.sinks:
+        for b in self.origins + self.sinks + self.capacity_origins:
             if b.proc is not None:
                 procs.stop(b.proc)

@@ -8,8 +8,10 @@ returns a `Recorder.to_dict()`.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import gc
+import itertools
 import os
 import random
 import time
@@ -19,10 +21,11 @@ from typing import Any
 import httptools
 import uvloop
 
+from bench.classes import ClassRecorder
 from bench.distributions import KeySampler, from_spec
 from bench.procs import raise_priority
 from bench.recorder import Recorder
-from bench.schedule import ArrivalSchedule, linear_rate
+from bench.schedule import ArrivalSchedule, linear_rate, step_rate
 from bench.timer import WakeTimer
 
 Clock = Callable[[], int]
@@ -35,15 +38,18 @@ _SPIN_NS = 60_000  # how early the open-loop timer fires before the next intende
 class Request:
     """One request on the wire: what it is and when it was meant to go."""
 
-    __slots__ = ("backend", "intended_ns", "kind", "nbytes", "remaining_body", "sent_ns")
+    __slots__ = ("backend", "cls", "intended_ns", "kind", "nbytes", "remaining_body",
+                 "retry_after", "sent_ns")
 
-    def __init__(self, kind: str, intended_ns: int, body_size: int = 0) -> None:
+    def __init__(self, kind: str, intended_ns: int, body_size: int = 0, cls: int = -1) -> None:
         self.kind = kind
         self.intended_ns = intended_ns
         self.sent_ns = 0
         self.backend = ""
         self.nbytes = 0
         self.remaining_body = body_size
+        self.cls = cls  # index into the workload's classes; -1 without a class mix
+        self.retry_after = False
 
 
 class ClientConnection(asyncio.Protocol):
@@ -88,8 +94,12 @@ class ClientConnection(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.request is not None and name.lower() == b"x-backend":
-            self.request.backend = value.decode("latin-1")
+        if self.request is not None:
+            name = name.lower()
+            if name == b"x-backend":
+                self.request.backend = value.decode("latin-1")
+            elif name == b"retry-after":
+                self.request.retry_after = True
 
     def on_body(self, body: bytes) -> None:
         if self.request is not None:
@@ -172,6 +182,12 @@ class LoadDriver:
         self.timer: WakeTimer | None = None
         self.upload_size = int(workload.get("upload_bytes", 0))
         self.upload_path_n = 0
+        # A class mix (surge): each GET draws its class, which picks its path prefix; without
+        # one every GET is /v/... and no per-class accounting runs.
+        classes = workload.get("classes") or []
+        self.class_prefixes = [c["path_prefix"].encode() for c in classes] or [b"/v/"]
+        self.class_cumulative = list(itertools.accumulate(float(c["share"]) for c in classes))
+        self.by_class: ClassRecorder | None = None
         # Without a start signal the workload carries its start time; with one, the start is
         # set once every process has connected (far in the future until then).
         self._plan(workload.get("start_ns", self.clock() + 3600 * 10**9))
@@ -184,18 +200,29 @@ class LoadDriver:
         self.recorder = Recorder(
             start_ns, int(workload.get("warmup_s", 0) * 1e9), int(workload["bucket_s"] * 1e9)
         )
+        if self.class_cumulative:
+            self.by_class = ClassRecorder(
+                [c["name"] for c in workload["classes"]], start_ns,
+                int(workload.get("warmup_s", 0) * 1e9), self.end_ns, self.timeout_ns,
+                int(workload.get("window_s", 0.1) * 1e9))
         if self.open_loop:
             procs = int(workload.get("procs", 1))
-            rate_at = linear_rate(
-                workload["rate"] / procs,
-                workload.get("rate_to", workload["rate"]) / procs,
-                workload["duration_s"],
-            )
+            steps = workload.get("rate_steps")
+            if steps:
+                rate_at = step_rate([(float(t), float(r) / procs) for t, r in steps])
+                peak = max(float(r) for _, r in steps)
+            else:
+                rate_at = linear_rate(
+                    workload["rate"] / procs,
+                    workload.get("rate_to", workload["rate"]) / procs,
+                    workload["duration_s"],
+                )
+                peak = max(workload["rate"], workload.get("rate_to", workload["rate"]))
             offset = int(1e9 / max(workload["rate"], 1.0) * workload.get("proc_index", 0))
             self.schedule = ArrivalSchedule(rate_at, self.start_ns, self.end_ns, offset)
             # Past this backlog a request would be seconds late already; count it as dropped
             # by the generator instead of letting memory grow without bound.
-            self.max_backlog = max(1000, int(workload.get("rate_to", workload["rate"]) / procs))
+            self.max_backlog = max(1000, int(peak / procs))
 
     # connection lifecycle
     def connect(self, role: str) -> None:
@@ -252,6 +279,9 @@ class LoadDriver:
         now = self.clock()
         self.recorder.complete(req.kind, status, req.intended_ns, now, req.backend, req.nbytes)
         self.recorder.served(req.sent_ns, now)
+        if self.by_class is not None and req.cls >= 0:
+            self.by_class.complete(req.cls, status, req.intended_ns, now, bool(req.backend),
+                                   req.retry_after)
         if req.remaining_body and conn.transport is not None:
             # Answered before the body was sent (e.g. 413): the connection cannot continue.
             conn.keep_alive = False
@@ -262,7 +292,10 @@ class LoadDriver:
 
     def on_failed(self, conn: ClientConnection, req: Request, reason: str) -> None:
         """Account a request that got no response."""
-        self.recorder.fail(req.kind, reason, req.intended_ns, self.clock())
+        now = self.clock()
+        self.recorder.fail(req.kind, reason, req.intended_ns, now)
+        if self.by_class is not None and req.cls >= 0:
+            self.by_class.fail(req.cls, reason, req.intended_ns, now)
 
     # requests
     def _send_get(self, conn: ClientConnection, intended_ns: int) -> None:
@@ -270,12 +303,19 @@ class LoadDriver:
         elapsed = (now - self.start_ns) / 1e9
         video = self.keys.sample(self.rng, elapsed)
         segment = self.rng.randrange(self.segments)
-        head = b"GET /v/%d/%d HTTP/1.1\r\nHost: bench\r\n" % (video, segment)
+        cls = -1
+        if self.class_cumulative:
+            # min(): a share total that rounds a hair below 1.0 must not index past the end.
+            cls = min(bisect.bisect_right(self.class_cumulative, self.rng.random()
+                                          * self.class_cumulative[-1]),
+                      len(self.class_cumulative) - 1)
+        head = b"GET %s%d/%d HTTP/1.1\r\nHost: bench\r\n" % (
+            self.class_prefixes[cls], video, segment)
         if self.range_bytes:
             first = self.rng.randrange(max(1, self.segment_bytes // self.range_bytes))
             first *= self.range_bytes
             head += b"Range: bytes=%d-%d\r\n" % (first, first + self.range_bytes - 1)
-        req = Request("get", intended_ns)
+        req = Request("get", intended_ns, 0, cls)
         self.recorder.sent(intended_ns, now)
         conn.send(req, head + b"\r\n")
 
@@ -375,7 +415,10 @@ class LoadDriver:
                 conn.request = None
                 conn.transport.abort()
         await asyncio.sleep(0)
-        return self.recorder.to_dict()
+        result = self.recorder.to_dict()
+        if self.by_class is not None:
+            result["classes"] = self.by_class.to_dict()
+        return result
 
 
 def run_workload(

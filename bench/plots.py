@@ -16,7 +16,22 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 
 PERCENTILES = (("p50", "p50_us"), ("p90", "p90_us"), ("p99", "p99_us"), ("p99.9", "p999_us"))
 COLORS = {"lbproxy": "tab:red", "haproxy": "tab:blue", "nginx": "tab:green",
-          "aiohttp": "tab:orange"}
+          "aiohttp": "tab:orange", "lbproxy-off": "tab:purple", "lbproxy-plain": "tab:brown"}
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Lay out, write at the harness's resolution, close."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _log_ms(ax: Any) -> None:
+    """A log-scale latency axis labelled in plain numbers (1, 10, 100 rather than 10^n)."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def latency_percentiles(results: dict[str, Any], out: Path) -> Path:
@@ -33,9 +48,7 @@ def latency_percentiles(results: dict[str, Any], out: Path) -> Path:
             ys = [max(r[key], 1) / 1000 for _, key in PERCENTILES]
             ax.plot([p for p, _ in PERCENTILES], ys, marker="o", label=r["proxy"],
                     color=COLORS.get(r["proxy"]))
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
+        _log_ms(ax)
         ax.set_title(scenario)
         ax.set_ylabel("latency (ms)")
         ax.grid(True, which="both", alpha=0.3)
@@ -43,11 +56,7 @@ def latency_percentiles(results: dict[str, Any], out: Path) -> Path:
     for ax in list(axes.flat)[len(scenarios):]:
         ax.set_visible(False)
     fig.suptitle("Segment GET latency percentiles (median over repeats)")
-    fig.tight_layout()
-    path = out / "latency_percentiles.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "latency_percentiles.png")
 
 
 def _first_runs(results: dict[str, Any], scenario: str) -> list[dict[str, Any]]:
@@ -84,11 +93,7 @@ def timelines(results: dict[str, Any], out: Path) -> list[Path]:
         top.grid(True, alpha=0.3)
         bottom.grid(True, alpha=0.3)
         fig.suptitle(f"{scenario}: throughput and errors over time (run 1)")
-        fig.tight_layout()
-        path = out / f"timeline_{scenario}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, out / f"timeline_{scenario}.png"))
     return paths
 
 
@@ -110,17 +115,88 @@ def backend_share(results: dict[str, Any], out: Path, scenario: str = "viral") -
     axes.flat[0].legend(loc="upper left", fontsize=8, ncol=len(names) or 1)
     axes.flat[-1].set_xlabel("seconds since start")
     fig.suptitle(f"{scenario}: per-backend share of segment responses")
-    fig.tight_layout()
-    path = out / f"backend_share_{scenario}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / f"backend_share_{scenario}.png")
+
+
+def _by_proxy(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(r["proxy"], []).append(r)
+    return out
+
+
+def surge(results: dict[str, Any], out: Path) -> Path | None:
+    """Goodput and critical success against load factor, one line per proxy."""
+    s = results.get("surge")
+    if not s or not s["rows"]:
+        return None
+    static = {p["name"] for p in s["phases"] if p["step_at_s"] is None and not p["baseline"]}
+    critical = next((c["name"] for c in s["classes"] if c["priority"] == "critical"), None)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for proxy, rows in _by_proxy([r for r in s["rows"] if r["phase"] in static]).items():
+        rows = sorted(rows, key=lambda r: r["load"])
+        loads = [r["load"] for r in rows]
+        color = COLORS.get(proxy)
+        left.plot(loads, [100 * r["goodput"] for r in rows], marker="o", label=proxy,
+                  color=color)
+        if critical:
+            right.plot(loads, [100 * (r["classes"][critical]["success"] or 0) for r in rows],
+                       marker="o", label=proxy, color=color)
+    top = max((r["load"] for r in s["rows"] if r["phase"] in static), default=1.0)
+    left.plot([0, 1, top], [0, 100, 100], linestyle=":", color="gray", label="ideal")
+    left.set_ylabel("goodput (% of origin capacity)")
+    right.set_ylabel(f"{critical or 'critical'} class success (%)")
+    for ax in (left, right):
+        ax.set_xlabel("offered load (x origin capacity)")
+        ax.set_xlim(left=0)
+        ax.set_ylim(0, 105)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"surge: {s['capacity_rps']:.0f} req/s of origin capacity, "
+                 f"{s['timeout_s']:g} s deadline (one run per point)")
+    return _save(fig, out / "surge.png")
+
+
+def surge_steps(results: dict[str, Any], out: Path) -> Path | None:
+    """Per load step: p99 of admitted requests and refusals/s over time, per proxy."""
+    s = results.get("surge")
+    steps = [p for p in (s or {}).get("phases", []) if p["step_at_s"] is not None]
+    if not s or not steps:
+        return None
+    fig, axes = plt.subplots(2, len(steps), figsize=(6 * len(steps), 5.5), squeeze=False,
+                             sharex="col")
+    for col, phase in enumerate(steps):
+        top, bottom = axes[0][col], axes[1][col]
+        for r in s["rows"]:
+            if r["phase"] != phase["name"] or not r.get("series"):
+                continue
+            t = [w["t"] for w in r["series"]]
+            color = COLORS.get(r["proxy"])
+            top.plot(t, [w["p99_ms"] for w in r["series"]], label=r["proxy"], color=color)
+            if r.get("p99_target_us"):
+                top.axhline(r["p99_target_us"] / 1000, linestyle=":", color=color, alpha=0.6)
+            bottom.plot(t, [w["refused_per_s"] for w in r["series"]], label=r["proxy"],
+                        color=color)
+        for ax in (top, bottom):
+            ax.axvline(phase["step_at_s"], color="gray", linestyle="--", alpha=0.6)
+            ax.grid(True, alpha=0.3)
+        _log_ms(top)
+        top.set_title(f"{phase['name']} (step at {phase['step_at_s']:g} s)")
+        top.set_ylabel("p99 admitted, 0.1 s windows (ms)\n(dotted: target)")
+        bottom.set_ylabel("refusals/s")
+        bottom.set_xlabel("seconds since start (intended send time)")
+        top.legend(fontsize=8)
+    fig.suptitle("surge: load steps")
+    return _save(fig, out / "surge_steps.png")
 
 
 def write_all(results: dict[str, Any], out: Path) -> list[Path]:
     """Every plot into `out`; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = [latency_percentiles(results, out), *timelines(results, out)]
+    paths = [p for p in (surge(results, out), surge_steps(results, out)) if p is not None]
+    if not results["summary"]:
+        return paths
+    paths += [latency_percentiles(results, out), *timelines(results, out)]
     # viral is the one the issue asks for; failure and reload show the pool changing too.
     for scenario in ("viral", "backend-failure", "reload"):
         share = backend_share(results, out, scenario)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from bench.classes import merge_classes
 from bench.histogram import Histogram
 
 KINDS = ("get", "upload")
@@ -150,7 +151,9 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
             into["bytes"] += b["bytes"]
             into["outcomes"].update(b["outcomes"])
             into["backends"].update(b["backends"])
+    classed = [part["classes"] for part in parts if part.get("classes")]
     return {
+        "classes": merge_classes(classed) if classed else None,
         "latency": latency,
         "send_lag": send_lag,
         "service": service,

@@ -9,6 +9,7 @@ schedule, latency = completion - intended start.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 
 MIN_RATE = 1.0  # req/s; keeps the next interval finite when a ramp starts at zero
@@ -58,5 +59,23 @@ def linear_rate(rate_from: float, rate_to: float, duration_s: float) -> Callable
 
     def rate_at(elapsed_s: float) -> float:
         return rate_from + slope * min(max(elapsed_s, 0.0), duration_s)
+
+    return rate_at
+
+
+def step_rate(steps: list[tuple[float, float]]) -> Callable[[float], float]:
+    """Piecewise-constant rate: each (at_s, rate) holds from at_s until the next step.
+
+    Before the first step the first rate holds. The surge scenario's load steps (0.5x to 3x,
+    5x to 0.5x) are two-step schedules.
+    """
+    if not steps:
+        raise ValueError("step_rate needs at least one (at_s, rate)")
+    ordered = sorted(steps)
+    times = [t for t, _ in ordered]
+    rates = [r for _, r in ordered]
+
+    def rate_at(elapsed_s: float) -> float:
+        return rates[max(0, bisect.bisect_right(times, elapsed_s) - 1)]
 
     return rate_at

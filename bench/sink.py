@@ -14,17 +14,18 @@ import httptools
 import uvloop
 
 
-class SinkConnection(asyncio.Protocol):
-    """One client connection; keep-alive, no pipelining needed."""
+class ServerConnection(asyncio.Protocol):
+    """A server-side HTTP/1.1 connection parsed by httptools; subclasses handle the callbacks."""
 
-    def __init__(self, name: bytes) -> None:
-        self.name = name
+    def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
-        self.received = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -32,6 +33,15 @@ class SinkConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             if self.transport is not None:
                 self.transport.close()
+
+
+class SinkConnection(ServerConnection):
+    """One client connection; keep-alive, no pipelining needed."""
+
+    def __init__(self, name: bytes) -> None:
+        super().__init__()
+        self.name = name
+        self.received = 0
 
     def on_message_begin(self) -> None:
         self.received = 0

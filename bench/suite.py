@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from bench import procs, wrkcheck
-from bench.peers import Peer, PeerUnavailable
+from bench.peers import SURGE_ONLY, Peer, PeerUnavailable
 from bench.progress import LiveProgress
 from bench.runner import (
     GENERATOR_BOUND_SHARE,
@@ -23,6 +23,7 @@ from bench.runner import (
     summarize,
 )
 from bench.scenarios import Scenario, load_all
+from bench.surge import run_surge
 
 BASELINE = "haproxy"
 CALM_SEND_LAG_US = 1000  # a wrk-check round whose generator ran later than this is disturbed
@@ -42,20 +43,27 @@ def run_suite(
     progress = progress or LiveProgress()
     factor = QUICK_FACTOR if quick else 1.0
     scenarios = [s.scaled(factor) for s in load_all(scenario_names)]
+    # Phased scenarios (surge) bring their own origins and peers and run once, after the rest.
+    phased = [s for s in scenarios if s.phases]
+    scenarios = [s for s in scenarios if not s.phases]
     steady = next(s for s in load_all(["steady"])).scaled(factor)
-    peers, skipped = available_peers(proxy_names, progress)
+    # Surge-only variants (lbproxy-off, lbproxy-plain) have no place in the other scenarios.
+    peers, skipped = available_peers([n for n in proxy_names if n not in SURGE_ONLY], progress)
     started = time.time()
     runs: list[dict[str, Any]] = []
     scenario_skips: list[dict[str, str]] = []
     console = progress.console
+    ceiling: dict[str, Any] | None = None
+    surge: dict[str, Any] | None = None
     with bench_run(quick, gen_procs, progress) as br:
         console.print(f"[bold]layout:[/] {br.layout.describe()}")
-        ceiling = br.measure_ceiling(steady)
-        console.print(f"[bold]generator ceiling[/] (steady workload, no proxy): "
-                      f"{ceiling['throughput_rps']:.0f} req/s, p50 "
-                      f"{ceiling['latency_us']['p50'] / 1000:.2f} ms, generator CPU "
-                      f"{ceiling['generator_cpu']:.0%}")
-        for repeat in range(repeats):
+        if scenarios:
+            ceiling = br.measure_ceiling(steady)
+            console.print(f"[bold]generator ceiling[/] (steady workload, no proxy): "
+                          f"{ceiling['throughput_rps']:.0f} req/s, p50 "
+                          f"{ceiling['latency_us']['p50'] / 1000:.2f} ms, generator CPU "
+                          f"{ceiling['generator_cpu']:.0%}")
+        for repeat in range(repeats if scenarios else 0):
             for scenario in scenarios:
                 for peer in list(peers):
                     if peer.name in skipped:
@@ -78,10 +86,12 @@ def run_suite(
                     if scenario.name == "steady" and peer.name not in br.capacity:
                         br.capacity[peer.name] = float(result["ok_rps"])
                     _print_run(progress, result)
-        wrk = _wrk_check(br, peers, skipped, steady) if wrk_check else None
+        wrk = _wrk_check(br, peers, skipped, steady) if wrk_check and scenarios else None
+        for scenario in phased:
+            surge = run_surge(br, scenario, proxy_names)
     return {
         "meta": machine(br, started, quick, repeats),
-        "ceiling": _strip(ceiling),
+        "ceiling": _strip(ceiling) if ceiling else None,
         "capacity_rps": br.capacity,
         "wrk_check": wrk,
         "skipped_proxies": skipped,
@@ -89,6 +99,7 @@ def run_suite(
         "scenarios": {s.name: s.description for s in scenarios},
         "summary": aggregate(runs, br.ceiling_rps),
         "runs": runs,
+        "surge": surge,
     }
 
 

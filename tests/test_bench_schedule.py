@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from bench.generator import LoadDriver, Request
-from bench.schedule import ArrivalSchedule, linear_rate
+from bench.schedule import ArrivalSchedule, linear_rate, step_rate
 
 MS = 1_000_000
 
@@ -141,3 +141,20 @@ async def test_backlog_past_the_cap_is_counted_as_dropped() -> None:
     driver.tick()
     assert len(driver.pending) == 10
     assert driver.recorder.errors["get"]["generator_backlog"] == 41
+
+
+def test_step_rate_holds_each_rate_until_the_next_step() -> None:
+    rate_at = step_rate([(3.0, 1800.0), (0.0, 300.0)])  # unordered on purpose
+    assert [rate_at(t) for t in (0.0, 2.999, 3.0, 8.0)] == [300.0, 300.0, 1800.0, 1800.0]
+    with pytest.raises(ValueError):
+        step_rate([])
+
+
+def test_a_step_schedule_sends_each_rate_for_its_span() -> None:
+    # 100 req/s for 1 s, then 1000 req/s for 1 s: 100 + 1000 intended sends, evenly spaced.
+    sched = ArrivalSchedule(step_rate([(0.0, 100.0), (1.0, 1000.0)]), 0, 2_000_000_000)
+    times = sched.due(2_000_000_000)
+    before = [t for t in times if t < 1_000_000_000]
+    assert len(before) == 100
+    assert len(times) - len(before) == 1000
+    assert times[101] - times[100] == 1_000_000

@@ -105,3 +105,34 @@ def all_peers() -> dict[str, type[Peer]]:
         "nginx": NginxPeer,
         "aiohttp": AiohttpPeer,
     }
+
+
+SURGE_ONLY = ("lbproxy-off", "lbproxy-plain")  # peer names only the surge scenario knows
+
+
+def surge_peers(names: list[str], concurrency: int, queue_ms: int,
+                classes: tuple[tuple[str, str], ...]) -> tuple[list[Peer], dict[str, str]]:
+    """The surge scenario's variants for the requested proxy names, and those left out.
+
+    "lbproxy" stands for both of its variants (shedding on with defaults, shedding off);
+    "lbproxy-off" and "lbproxy-plain" may be named alone. HAProxy and nginx get their
+    capacity settings; the aiohttp proxy has no capacity knob and is left out, saying so.
+    """
+    from bench.peers.haproxy import SurgeHAProxyPeer
+    from bench.peers.lbproxy import SurgeLbproxyPeer
+    from bench.peers.nginx import SurgeNginxPeer
+
+    peers: list[Peer] = []
+    left_out: dict[str, str] = {}
+    for name in names:
+        if name == "lbproxy":
+            peers += [SurgeLbproxyPeer("on", classes), SurgeLbproxyPeer("off", classes)]
+        elif name in SURGE_ONLY:
+            peers.append(SurgeLbproxyPeer(name.removeprefix("lbproxy-"), classes))
+        elif name == "haproxy":
+            peers.append(SurgeHAProxyPeer(concurrency, queue_ms, classes))
+        elif name == "nginx":
+            peers.append(SurgeNginxPeer(concurrency))
+        else:
+            left_out[name] = f"{name}: no capacity limit or shedding to configure"
+    return peers, left_out

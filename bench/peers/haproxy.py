@@ -97,3 +97,65 @@ class HAProxyPeer(Peer):
         if text:
             raise PeerUnavailable(f"haproxy runtime API: {line!r} answered {text!r}")
         return text
+
+
+# The surge scenario's oracle: HAProxy told the true capacity. Each server takes at most 4
+# requests at once (maxconn 4, the origins' own concurrency); the rest wait in the backend's
+# queue, ordered by priority class (playback first, prefetch last: the same priorities
+# lbproxy's routes get), and a request still queued after `timeout queue` gets a 503. Round
+# robin, as every surge peer. maxconn and the bind backlog are raised so the generator's
+# few thousand connections are all accepted.
+_SURGE_CONF = string.Template("""\
+global
+    maxconn 9000
+    nbthread 1
+    pidfile $dir/haproxy.pid
+
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    timeout queue ${queue_ms}ms
+    timeout http-keep-alive 120s
+    option http-keep-alive
+    http-reuse always
+
+frontend fe
+    bind 127.0.0.1:$port backlog 8192
+    maxconn 9000
+$priorities
+    default_backend segments
+
+backend segments
+    balance roundrobin
+$servers
+""")
+SURGE_PRIORITY_CLASS = {"critical": -10, "normal": 0, "sheddable": 10}  # lower is served first
+
+
+class SurgeHAProxyPeer(HAProxyPeer):
+    """HAProxy with the origins' true capacity (maxconn per server) and a timed queue."""
+
+    def __init__(self, concurrency: int = 4, queue_ms: int = 100,
+                 classes: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__()
+        self.concurrency = concurrency
+        self.queue_ms = queue_ms
+        self.classes = classes  # (path prefix, priority) per class
+
+    def start(self, workdir: Path, backends: BackendSet, cpus: list[int] | None) -> None:
+        """Write the surge config, start haproxy, wait for its port."""
+        self.port = procs.free_port()
+        priorities = "\n".join(
+            f"    http-request set-priority-class int({SURGE_PRIORITY_CLASS[priority]}) "
+            f"if {{ path_beg {prefix} }}"
+            for prefix, priority in self.classes if SURGE_PRIORITY_CLASS[priority])
+        text = _SURGE_CONF.substitute(
+            dir=workdir / "haproxy-surge", port=self.port, queue_ms=self.queue_ms,
+            priorities=priorities,
+            servers=server_lines(f"    server {{name}} {{address}} maxconn {self.concurrency}",
+                                 backends.capacity_origins),
+        )
+        self.launch(workdir, "haproxy-surge", "haproxy.cfg", text,
+                    [HAPROXY, "-db", "-f", "{conf}"], cpus)

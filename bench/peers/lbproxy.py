@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from bench import procs
 from bench.backends import BackendSet
-from bench.peers import Peer, PeerUnavailable
+from bench.peers import Peer, PeerUnavailable, server_lines
 
 _CONF = """\
 [listener]
@@ -61,18 +62,23 @@ class LbproxyPeer(Peer):
         """The entry point exists (whether `run` works is found out by starting it)."""
         lbproxy_command()
 
-    def start(self, workdir: Path, backends: BackendSet, cpus: list[int] | None) -> None:
-        """Write a TOML config (docs/configuration.md), start `lbproxy run`, wait for /ready."""
-        d = workdir / "lbproxy"
-        d.mkdir(parents=True, exist_ok=True)
-        self.port, self.admin_port = procs.free_port(), procs.free_port()
-        conf = d / "lbproxy.toml"
-        conf.write_text(_CONF.format(
+    def config(self, backends: BackendSet) -> str:
+        """The generated TOML config for this run (ports already chosen)."""
+        return _CONF.format(
             port=self.port,
             admin=self.admin_port,
             segments=", ".join(f'"{b.address}"' for b in backends.origins),
             uploads=", ".join(f'"{b.address}"' for b in backends.sinks),
-        ))
+        )
+
+    def start(self, workdir: Path, backends: BackendSet, cpus: list[int] | None) -> None:
+        """Write a TOML config (docs/configuration.md), start `lbproxy run`, wait for /ready."""
+        d = workdir / self.name
+        d.mkdir(parents=True, exist_ok=True)
+        self.port, self.admin_port = procs.free_port(), procs.free_port()
+        conf = d / "lbproxy.toml"
+        conf.write_text(self.config(backends))
+        self.check_config(conf)
         log = d / "lbproxy.log"
         self.proc = procs.start([*lbproxy_command(), "run", "--config", str(conf)], log, cpus)
         try:
@@ -81,6 +87,9 @@ class LbproxyPeer(Peer):
             self.stop()
             tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [str(exc)]
             raise PeerUnavailable(f"lbproxy run not available: {tail[0]}") from exc
+
+    def check_config(self, conf: Path) -> None:
+        """Nothing to check for the standard config (it is what every build accepts)."""
 
     def probe_replace_pool(self, backends: BackendSet) -> None:
         """Re-send the current segment set: a no-op where supported, 404 before that issue."""
@@ -101,3 +110,70 @@ class LbproxyPeer(Peer):
                 f"lbproxy admin PUT /clusters/{cluster}/backends answered {exc.code} "
                 "(pool changes through the admin API come in a later issue)"
             ) from exc
+
+
+# The surge scenario's config: round robin over the capacity-limited origins, the class
+# routes with their priorities; {adaptive} is the variant's shedding section. The listener
+# backlog is raised (as for HAProxy and nginx) so the generator's few thousand connections
+# are not refused at start-up.
+_SURGE_CONF = """\
+[listener]
+bind = "127.0.0.1:{port}"
+backlog = 8192
+
+[admin]
+bind = "127.0.0.1:{admin}"
+
+[clusters.segments]
+policy = "round_robin"
+backends = [{segments}]
+{adaptive}
+{routes}
+"""
+
+_SURGE_ROUTE = """
+[[routes]]
+path_prefix = "{prefix}"
+cluster = "segments"
+{priority}"""
+
+
+class SurgeLbproxyPeer(LbproxyPeer):
+    """lbproxy on the surge routes; `variant` picks the shedding configuration.
+
+    "on": shedding with its defaults, no capacity given (the issue's default). "off":
+    `[clusters.segments.adaptive_concurrency] enabled = false`. "plain": neither the
+    shedding table nor route priorities: what a build without shedding accepts (shedding
+    off there; the defaults without priority classes on a build that has it).
+    A build whose config loader rejects the variant's keys (`lbproxy check` fails) is
+    reported as unsupported rather than run.
+    """
+
+    VARIANTS = {"on": "lbproxy", "off": "lbproxy-off", "plain": "lbproxy-plain"}
+
+    def __init__(self, variant: str = "on", classes: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__()
+        self.variant = variant
+        self.name = self.VARIANTS[variant]
+        self.classes = classes  # (path prefix, priority) per class
+
+    def config(self, backends: BackendSet) -> str:
+        """Round robin over the capacity-limited origins, one route per class."""
+        adaptive = ("\n[clusters.segments.adaptive_concurrency]\nenabled = false\n"
+                    if self.variant == "off" else "")
+        routes = "".join(
+            _SURGE_ROUTE.format(prefix=prefix, priority="" if self.variant == "plain"
+                                else f'priority = "{priority}"\n')
+            for prefix, priority in self.classes)
+        return _SURGE_CONF.format(
+            port=self.port, admin=self.admin_port, adaptive=adaptive, routes=routes,
+            segments=server_lines('"{address}"', backends.capacity_origins).replace("\n", ", "))
+
+    def check_config(self, conf: Path) -> None:
+        """`lbproxy check`: a build that rejects this variant's keys cannot run it."""
+        proc = subprocess.run([*lbproxy_command(), "check", "--config", str(conf)],
+                              capture_output=True, text=True, timeout=30, check=False)
+        if proc.returncode != 0:
+            first = (proc.stderr.strip().splitlines() or ["rejected"])[0]
+            raise PeerUnavailable(f"{self.name}: unsupported by this build "
+                                  f"(lbproxy check: {first.removeprefix('error: ')})")

@@ -8,18 +8,12 @@ import string
 from pathlib import Path
 
 from bench import procs
-from bench.backends import NGINX, BackendSet, nginx_temp_paths, nginx_user_line
+from bench.backends import NGINX, NGINX_HEAD, BackendSet, nginx_temp_paths, nginx_user_line
 from bench.peers import Peer, ensure_binary
 
 # Same routing as the other peers: consistent hash on the video id, least_conn for uploads,
 # upstream keep-alive, uploads streamed (proxy_request_buffering off) rather than spooled.
-_CONF = string.Template("""\
-daemon off;
-master_process on;
-worker_processes 1;
-$user
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
+_CONF = string.Template(NGINX_HEAD + """\
 events { worker_connections 16384; }
 http {
     access_log off;
@@ -83,6 +77,7 @@ class NginxPeer(Peer):
             dir=self.dir,
             port=self.port,
             user=nginx_user_line(),
+            log_level="warn",
             temp_paths=nginx_temp_paths(self.dir),
             segment_servers="\n".join(server.format(a) for a in self.pools["segments"]),
             upload_servers="\n".join(server.format(a) for a in self.pools["uploads"]),
@@ -94,3 +89,55 @@ class NginxPeer(Peer):
         self.pools[cluster] = list(addresses)
         (self.dir / "nginx.conf").write_text(self._config())
         os.kill(self.proc.pid, signal.SIGHUP)  # taskset and nice exec: this pid is the master
+
+
+# The surge scenario's nginx. Open-source nginx's only capacity knob is max_conns per
+# server (the upstream `queue` directive is NGINX Plus only): each origin gets max_conns=4,
+# its true concurrency, so nginx forwards at most the origins' capacity and answers the rest
+# at once with a 502 ("no live upstreams"): a fast refusal without priorities or a queue.
+# Without max_conns it would forward everything and the origins' queues would grow until
+# the deadline (what lbproxy-off shows). Round robin, as every surge peer. error_log at crit:
+# every refusal logs an error line, and writing thousands a second would be measured too.
+_SURGE_CONF = string.Template(NGINX_HEAD + """\
+worker_rlimit_nofile 40000;
+events { worker_connections 16384; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 120s;
+$temp_paths
+    upstream segments {
+$servers
+        keepalive 32;
+    }
+    server {
+        listen 127.0.0.1:$port backlog=8192;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_connect_timeout 2s;
+        location / {
+            proxy_pass http://segments;
+        }
+    }
+}
+""")
+
+
+class SurgeNginxPeer(NginxPeer):
+    """nginx with max_conns set to each origin's concurrency, no queue (open source)."""
+
+    def __init__(self, concurrency: int = 4) -> None:
+        super().__init__()
+        self.concurrency = concurrency
+
+    def start(self, workdir: Path, backends: BackendSet, cpus: list[int] | None) -> None:
+        """Write the surge config, start nginx, wait for its port."""
+        self.port = procs.free_port()
+        self.dir = workdir / "nginx-surge"
+        servers = "\n".join(f"        server {b.address} max_conns={self.concurrency};"
+                            for b in backends.capacity_origins)
+        text = _SURGE_CONF.substitute(dir=self.dir, port=self.port, user=nginx_user_line(),
+                                      log_level="crit", temp_paths=nginx_temp_paths(self.dir),
+                                      servers=servers)
+        self.launch(workdir, "nginx-surge", "nginx.conf", text,
+                    [NGINX, "-p", "{dir}", "-c", "{conf}", "-e", "{dir}/error.log"], cpus)
