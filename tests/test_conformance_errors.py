@@ -18,6 +18,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from support.backends import Backends, refused_address
@@ -96,7 +97,7 @@ def settled_bytes(backends: Backends) -> int:
 
 
 def rejected(proxy: LbproxyProcess, backends: Backends, data: bytes | list[bytes], status: int,
-             code: str | None = None, **kw: float | bool) -> None:
+             code: str | None = None, **kw: Any) -> None:
     """`data` gets the proxy's own `status` error and not one byte reaches the backend."""
     before = settled_bytes(backends)
     reply = exchange(proxy.port, data, **kw)

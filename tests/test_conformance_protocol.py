@@ -16,7 +16,7 @@ import json
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
@@ -552,7 +552,7 @@ def test_upstream_connections_are_reused_across_client_connections(proxy, backen
 async def test_aiohttp_expect_100_and_streamed_chunked_upload(proxy) -> None:
     body = pattern(2 << 20)
 
-    async def pieces():  # type: ignore[no-untyped-def]
+    async def pieces() -> AsyncIterator[bytes]:
         for i in range(0, len(body), 100_000):
             yield body[i : i + 100_000]
 

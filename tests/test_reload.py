@@ -91,13 +91,14 @@ def _cfg(backends, bind="127.0.0.1:8080"):
 
 def test_controller_publishes_to_every_sink_and_keeps_slots():
     ctl = Controller(_cfg(["127.0.0.1:1", "127.0.0.1:2"]))
-    got = []
+    got: list[object] = []
     ctl.sinks += [got.append, got.append]
     before = {b.address: b.slot for b in ctl.snapshot.clusters["c"].backends}
     snap = ctl.apply(_cfg(["127.0.0.1:3", "127.0.0.1:2"]))
     assert got == [snap, snap] and snap.version == 2 and ctl.snapshot is snap
-    assert snap.clusters["c"].backend("127.0.0.1:2").slot == before["127.0.0.1:2"]
-    assert snap.clusters["c"].backend("127.0.0.1:3").slot == before["127.0.0.1:1"]
+    kept, reused = (snap.clusters["c"].backend(a) for a in ("127.0.0.1:2", "127.0.0.1:3"))
+    assert kept is not None and kept.slot == before["127.0.0.1:2"]
+    assert reused is not None and reused.slot == before["127.0.0.1:1"]
     assert ctl.apply(_cfg(["127.0.0.1:3"]), version=9).version == 9
 
 

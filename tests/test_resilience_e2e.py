@@ -193,13 +193,13 @@ def _without_checks(proxy: InProcProxy) -> Any:
 async def test_breaker_answers_503_circuit_open_with_retry_after():
     release = asyncio.Event()
 
-    async def held(conn: Conn, req: Request) -> bool:
+    async def answer_when_released(conn: Conn, req: Request) -> bool:
         await conn.finish(req)
         await release.wait()
         await conn.send(Answer())
         return False  # and close, as a backend that answers once
 
-    slow = await Backend(respond=held).start()
+    slow = await Backend(respond=answer_when_released).start()
     proxy = await InProcProxy(_config([slow.address], circuit_breaker={"max_requests": 2})).start()
     state = proxy.snapshot.clusters["c"].state
     held = [await Client.connect(proxy.port) for _ in range(2)]

@@ -93,12 +93,13 @@ async def test_maglev_keys_whose_primary_is_dead_go_to_their_second_candidate(
     proxy = await InProcProxy(_config(addresses, policy="maglev", outlier_detection=NO_EJECTION,
                                 retry={"min_retries_per_second": 100.0})).start()
     cluster = proxy.snapshot.clusters["c"]
+    maglev: Any = cluster.selector.inner  # type: ignore[attr-defined]  # under bounded load
     by_slot = {b.slot: b.address for b in cluster.backends}
     try:
         expected: dict[bytes, str] = {}
         for i in range(40):
             key = f"video{i}".encode()
-            first, second = cluster.selector.inner.candidates(key, 2)
+            first, second = maglev.candidates(key, 2)
             expected[key] = by_slot[second if by_slot[first] == dead else first]
         assert dead not in expected.values() and len(set(expected.values())) == 2
         for _ in range(2):  # the same backend both times: the cache stays warm
@@ -111,7 +112,7 @@ async def test_maglev_keys_whose_primary_is_dead_go_to_their_second_candidate(
                 assert expected[key] == b.address
         assert sum(len(b.requests) for b in good) == 80
         primary_dead = sum(1 for k in expected
-                           if by_slot[cluster.selector.inner.candidates(k, 1)[0]] == dead)
+                           if by_slot[maglev.candidates(k, 1)[0]] == dead)
         assert primary_dead > 0 and cluster.state.retries == 2 * primary_dead
     finally:
         await stop_all(proxy, good)
@@ -255,9 +256,11 @@ async def test_a_get_meeting_two_stale_pooled_connections_still_goes_elsewhere()
     proxy = await InProcProxy(_config([stale.address, good.address], policy="maglev",
                                 balance_factor=0, outlier_detection=NO_EJECTION)).start()
     cluster = proxy.snapshot.clusters["c"]
+    selector: Any = cluster.selector  # Maglev (balance_factor 0: no bounded-load wrapper)
+    stale_backend = cluster.backend(stale.address)
+    assert stale_backend is not None
     key = next(b"k%d" % i for i in range(100)
-               if cluster.backend(stale.address).slot  # type: ignore[union-attr]
-               == cluster.selector.candidates(b"k%d" % i, 1)[0])
+               if stale_backend.slot == selector.candidates(b"k%d" % i, 1)[0])
     get = b"GET /v/%s/seg HTTP/1.1\r\n%s\r\n" % (key, H)
     clients = [await Client.connect(proxy.port) for _ in range(2)]
     try:

@@ -1,4 +1,4 @@
-"""lbproxy itself as a peer: `.venv/bin/lbproxy run --config generated.toml` (CONTRACT.md)."""
+"""lbproxy itself as a peer: `.venv/bin/lbproxy run --config generated.toml`, as a user runs it."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ class LbproxyPeer(Peer):
         lbproxy_command()
 
     def start(self, workdir: Path, backends: BackendSet, cpus: list[int] | None) -> None:
-        """Write a TOML config per CONTRACT.md, start `lbproxy run`, wait for /ready."""
+        """Write a TOML config (the documented format), start `lbproxy run`, wait for /ready."""
         d = workdir / "lbproxy"
         d.mkdir(parents=True, exist_ok=True)
         self.port, self.admin_port = procs.free_port(), procs.free_port()

@@ -115,7 +115,9 @@ class Serving:
     @property
     def admin_port(self) -> int:
         """The admin API's port."""
-        return int(self.admin._runner.addresses[0][1])
+        runner = self.admin._runner
+        assert runner is not None
+        return int(runner.addresses[0][1])
 
 
 @contextlib.asynccontextmanager
