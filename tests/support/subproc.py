@@ -137,20 +137,10 @@ class LbproxyProcess:
                 found.append(m)
         return len(found) >= count or (ended and self._cursor >= len(self.err_lines))
 
-    def expect(self, pattern: re.Pattern[str], count: int = 1, timeout: float = 20.0
-               ) -> tuple[list[re.Match[str]], str]:
-        """Read stderr lines not read before until `count` match `pattern` (or the process
-        ends, or `timeout` passes): (the matches, the text of the lines read)."""
-        found: list[re.Match[str]] = []
-        seen: list[str] = []
-        end = time.monotonic() + timeout
-        while not self._scan(pattern, count, found, seen) and time.monotonic() < end:
-            time.sleep(0.01)
-        return found, "".join(seen)
-
     async def expect_async(self, pattern: re.Pattern[str], count: int = 1,
                            timeout: float = 20.0) -> tuple[list[re.Match[str]], str]:
-        """`expect`, waiting in the test's loop."""
+        """Read stderr lines not read before until `count` match `pattern` (or the process
+        ends, or `timeout` passes): (the matches, the text of the lines read)."""
         found: list[re.Match[str]] = []
         seen: list[str] = []
         loop = asyncio.get_running_loop()

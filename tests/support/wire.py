@@ -120,7 +120,6 @@ class Response(Message):
     """A response as a client received it (status 0: the connection ended before a head)."""
 
     status: int
-    raw_head: bytes = b""
 
 
 class Malformed(ValueError):
@@ -186,8 +185,7 @@ class Parser:
             if m is None:
                 raise Malformed(f"not a status line: {lines[0][:200]!r}")
             status = int(m.group(2))
-            msg = Response(status=status, version=m.group(1), headers=headers,
-                           raw_head=raw_head)
+            msg = Response(status=status, version=m.group(1), headers=headers)
             bodiless = bodiless or status < 200 or status in (204, 304)
         else:
             m = _REQUEST_LINE.fullmatch(lines[0])
