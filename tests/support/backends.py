@@ -109,15 +109,13 @@ class Conn:
     async def send(self, answer: Answer, head_only: bool = False) -> None:
         """Write one response, streaming pattern bodies with backpressure."""
         w = self.writer
-        head = bytearray(b"HTTP/1.1 %d X\r\n" % answer.status)
-        for n, v in answer.headers:
-            head += n + b": " + v + b"\r\n"
+        headers = list(answer.headers)
         size = answer.size if answer.size >= 0 else len(answer.body)
         if answer.chunked:
-            head += b"Transfer-Encoding: chunked\r\n"
+            headers.append((b"Transfer-Encoding", b"chunked"))
         elif answer.length and answer.status not in (204, 304):
-            head += b"Content-Length: %d\r\n" % size
-        w.write(bytes(head + b"\r\n"))
+            headers.append((b"Content-Length", b"%d" % size))
+        w.write(response_bytes(answer.status, headers, length=False))
         if head_only or answer.status in (204, 304):
             await w.drain()
             return
@@ -185,7 +183,7 @@ class Backend:
         self.record_raw = record_raw
         self.conns: list[Conn] = []
         self.requests: list[Request] = []  # complete requests, in the order they completed
-        self.errors: list[Exception] = []  # failures of the test's own backend code
+        self.errors: list[Exception] = []  # what failed while serving (see `_accept`)
         self.port = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
