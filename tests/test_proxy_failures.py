@@ -19,6 +19,7 @@ from support.wire import Client, exchange_async, parse_response, pattern_pieces
 from lbproxy.balance.cluster import Outcome
 
 H = b"Host: a\r\n"
+GET_CLOSE = b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"
 FAST = {"request_headers": 0.3, "client_body_idle": 0.3, "client_idle": 0.3, "connect": 0.3,
         "upstream_headers": 0.3, "upstream_idle": 0.3}
 
@@ -112,8 +113,7 @@ async def test_client_abort_mid_upload_aborts_the_upstream_exchange() -> None:
         assert not backend.requests
         assert await until(lambda: settled(proxy) == {Outcome.CLIENT_ABORT: 1})
         # and it is not reused: the next request opens a new upstream connection
-        out = await exchange_async(proxy.port,
-                                   b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+        out = await exchange_async(proxy.port, GET_CLOSE)
         assert out.first.status == 200
     assert backend.connections == 2
 
@@ -240,8 +240,7 @@ async def test_malformed_backend_response_is_502_and_connection_discarded(raw: b
         out = await exchange_async(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"\r\n", wait=3)
         assert out.first.status == 502
         assert out.first.header(b"x-lbproxy-error") == b"backend_failed"
-        out2 = await exchange_async(proxy.port,
-                                   b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+        out2 = await exchange_async(proxy.port, GET_CLOSE)
         assert out2.first.status == 200
     assert backend.connections == 2
 
@@ -437,7 +436,6 @@ async def test_early_response_before_the_body_is_sent_is_not_reused() -> None:
         assert resp.status == 413 and resp.body == b"big"
         assert resp.header(b"connection") == b"close"  # the rest of the body is never read
         c.close()
-        out = await exchange_async(proxy.port,
-                                   b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+        out = await exchange_async(proxy.port, GET_CLOSE)
         assert out.first.status == 200
     assert backend.connections == 2

@@ -10,6 +10,7 @@ prefix on a line (a timestamp, a level).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -58,8 +59,6 @@ def write_config(path: Path, doc: dict[str, Any] | str) -> Path:
     if isinstance(doc, str):
         text = doc
     elif path.suffix == ".json":
-        import json
-
         text = json.dumps(doc)
     else:
         text = toml_document(doc)
@@ -72,13 +71,12 @@ class LbproxyProcess:
     it can be awaited from a test's loop (`*_async`) or from plain code alike."""
 
     def __init__(self, *args: str, dataplane: str | None = None) -> None:
-        self.args = args
         self.proc = subprocess.Popen(lbproxy_argv(*args, dataplane=dataplane),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      env=subprocess_env())
         self.out_lines: list[str] = []
         self.err_lines: list[str] = []
-        self._cursor = 0  # stderr lines already read by `expect`
+        self._cursor = 0  # stderr lines already read by `expect_async` (or `ready`)
         self._readers = [self._collect(self.proc.stdout, self.out_lines),
                          self._collect(self.proc.stderr, self.err_lines)]
         self.listening: list[re.Match[str]] = []
