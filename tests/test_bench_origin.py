@@ -7,11 +7,11 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from bench.origin import CapacityLimit, serve
+from bench.origin import CapacityLimit, OriginConnection, serve
 from bench.procs import free_port
 
 SERVICE_MS = 100  # long enough that all 12 requests arrive before the first wave ends
@@ -132,6 +132,11 @@ class FakeConn:
         self.answered += 1
 
 
+def submit(limit: CapacityLimit, conn: FakeConn, arrival_ns: int) -> None:
+    """`limit.submit` with a stand-in connection (it uses only `transport` and `respond`)."""
+    limit.submit(cast(OriginConnection, conn), arrival_ns)
+
+
 def one_worker(now: list[int]) -> tuple[FakeLoop, CapacityLimit]:
     """One worker, 20 ms a request, on a clock the test sets and a loop it fires by hand."""
     loop = FakeLoop()
@@ -143,8 +148,8 @@ def test_a_late_timer_does_not_lower_capacity() -> None:
     now = [0]
     loop, limit = one_worker(now)
     a, b = FakeConn(), FakeConn()
-    limit.submit(a, 0)
-    limit.submit(b, 1_000_000)  # arrives at 1 ms: waits
+    submit(limit, a, 0)
+    submit(limit, b, 1_000_000)  # arrives at 1 ms: waits
     assert len(loop.calls) == 1 and loop.calls[0][0] == pytest.approx(0.020)
     now[0] = 25_000_000  # the timer fires 5 ms late
     _, fn, args = loop.calls[0]
@@ -159,8 +164,8 @@ def test_a_request_arriving_after_a_free_slot_starts_at_its_arrival() -> None:
     now = [0]
     loop, limit = one_worker(now)
     a, b = FakeConn(), FakeConn()
-    limit.submit(a, 0)
-    limit.submit(b, 30_000_000)  # queued (the timer has not run) but arrived after 20 ms
+    submit(limit, a, 0)
+    submit(limit, b, 30_000_000)  # queued (the timer has not run) but arrived after 20 ms
     now[0] = 31_000_000
     _, fn, args = loop.calls[0]
     fn(*args)

@@ -25,6 +25,13 @@ LINE = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) lbproxy\[(\d+)\] 
                   rb"(DEBUG|INFO|WARNING|ERROR|CRITICAL) ([\w.]+): (.*)$")
 
 
+def _parse(line: bytes) -> re.Match[bytes]:
+    """`line` matched by LINE; fails the test, showing the line, when it does not match."""
+    m = LINE.match(line)
+    assert m, line[:200]
+    return m
+
+
 @pytest.fixture
 def root_logging():
     """Puts the root and lbproxy loggers back as they were after a test configures them."""
@@ -64,13 +71,13 @@ def test_configure_sets_lbproxy_s_level_and_keeps_libraries_at_warning(root_logg
         logging.getLogger("asyncio").info("a library's info")
         logging.getLogger("asyncio").warning("a library's warning")
         lines = _written(r)
-        assert [LINE.match(ln).group(3, 4, 5) for ln in lines] == [
+        assert [_parse(ln).group(3, 4, 5) for ln in lines] == [
             (b"DEBUG", b"lbproxy.process.test", b"ours at debug"),
             (b"WARNING", b"asyncio", b"a library's warning")]
         logs.configure("warning", fd=w)  # again: replaces the handler, never adds a second
         logging.getLogger("lbproxy.process.test").info("ours at info")
         logging.getLogger("lbproxy.process.test").error("ours at error")
-        assert [LINE.match(ln).group(5) for ln in _written(r)] == [b"ours at error"]
+        assert [_parse(ln).group(5) for ln in _written(r)] == [b"ours at error"]
         assert sum(isinstance(h, logs.LineHandler) for h in logging.getLogger().handlers) == 1
     finally:
         os.close(r)
@@ -166,7 +173,8 @@ async def test_run_logs_an_invalid_config_as_error_lines(tmp_path):
     proc = LbproxyProcess("run", "-c", str(path), dataplane=STANDIN)
     assert await proc.wait_async(30) == 1
     err = proc.stderr().encode()
-    parsed = [LINE.match(ln) for ln in err.splitlines()]
+    lines = err.splitlines()
+    parsed = [LINE.match(ln) for ln in lines]
     assert parsed and all(m and m.group(3, 4) == (b"ERROR", b"lbproxy.cli") for m in parsed), err
-    assert b"clusters.segments.policy" in parsed[0].group(5)
-    assert parsed[-1].group(5) == f"invalid config {path}; not starting".encode()
+    assert b"clusters.segments.policy" in _parse(lines[0]).group(5)
+    assert _parse(lines[-1]).group(5) == f"invalid config {path}; not starting".encode()
