@@ -170,3 +170,19 @@ def test_a_request_arriving_after_a_free_slot_starts_at_its_arrival() -> None:
     _, fn, args = loop.calls[0]
     fn(*args)
     assert loop.calls[1][2][1] == 50_000_000  # 30 ms arrival + 20 ms service
+
+
+def test_an_early_timer_does_not_answer_before_the_service_time() -> None:
+    now = [0]
+    loop, limit = one_worker(now)
+    a = FakeConn()
+    submit(limit, a, 0)
+    now[0] = 19_500_000  # the timer fires 0.5 ms early (libuv counts whole milliseconds)
+    _, fn, args = loop.calls[0]
+    fn(*args)
+    assert a.answered == 0 and limit.stats()["busy"] == 1
+    assert len(loop.calls) == 2 and loop.calls[1][0] == pytest.approx(0.001)
+    now[0] = 20_000_000
+    _, fn, args = loop.calls[1]
+    fn(*args)
+    assert a.answered == 1 and limit.stats()["served"] == 1
