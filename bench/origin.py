@@ -131,14 +131,15 @@ class OriginConnection(ServerConnection):
 
 
 async def serve(port: int, name: str, concurrency: int, service_ms: float,
-                ready: asyncio.Future[CapacityLimit] | None = None) -> None:
-    """Listen on 127.0.0.1:port until cancelled or killed."""
+                ready: asyncio.Future[tuple[CapacityLimit, int]] | None = None) -> None:
+    """Listen on 127.0.0.1:port until cancelled or killed; `ready` is given the limit and
+    the port listened on (the one the kernel chose, for port 0)."""
     loop = asyncio.get_running_loop()
     limit = CapacityLimit(concurrency, int(service_ms * 1e6))
     server = await loop.create_server(lambda: OriginConnection(limit, name.encode()),
                                       "127.0.0.1", port, backlog=4096)
     if ready is not None:
-        ready.set_result(limit)
+        ready.set_result((limit, int(server.sockets[0].getsockname()[1])))
     async with server:
         await server.serve_forever()
 
