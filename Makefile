@@ -45,9 +45,10 @@ sysdeps:
 demo: build
 	$(VENV)/bin/lbproxy demo
 
-# The whole suite on the compiled core, then again on the pure-Python twins
-# (LBPROXY_NO_EXTENSIONS=1): the twins are the reference the native code must match.
-test: build sysdeps
+# ruff and mypy (lbproxy, tests, bench) first, so CI enforces them; then the whole suite on
+# the compiled core, and again on the pure-Python twins (LBPROXY_NO_EXTENSIONS=1): the
+# twins are the reference the native code must match.
+test: build sysdeps lint
 	$(PY) -m pytest -q
 	LBPROXY_NO_EXTENSIONS=1 $(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 

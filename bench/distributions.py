@@ -16,9 +16,12 @@ from typing import Protocol
 class KeySampler(Protocol):
     """Picks a key in [0, n) given the seconds elapsed since the run started."""
 
-    n: int
+    @property
+    def n(self) -> int:
+        """How many keys there are."""
 
-    def sample(self, rng: random.Random, elapsed_s: float) -> int: ...
+    def sample(self, rng: random.Random, elapsed_s: float) -> int:
+        """One key."""
 
 
 @dataclass(frozen=True)

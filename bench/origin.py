@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -31,7 +32,10 @@ class CapacityLimit:
 
     A worker that finished at its scheduled time T starts the next queued request at
     max(T, that request's arrival), not when the timer callback happened to run, so timer
-    lateness (libuv timers tick in whole milliseconds) never lowers the capacity.
+    lateness (libuv timers tick in whole milliseconds) never lowers the capacity. A timer
+    can also fire early, by up to 1.5 ms (uvloop rounds the delay to whole milliseconds and
+    libuv counts it from its clock truncated to the millisecond): it is set again for the
+    rest, so no answer leaves before its request's service time is up.
     """
 
     def __init__(self, concurrency: int, service_ns: int,
@@ -62,6 +66,10 @@ class CapacityLimit:
         self.loop.call_later(delay, self._finish, conn, finish_ns)
 
     def _finish(self, conn: OriginConnection, finish_ns: int) -> None:
+        early_ns = finish_ns - self.clock()
+        if early_ns > 0:  # the rest, rounded up: a 0 ms timer would spin the loop
+            self.loop.call_later(math.ceil(early_ns / 1e6) / 1e3, self._finish, conn, finish_ns)
+            return
         self.busy -= 1
         self.served += 1
         conn.respond()
@@ -123,14 +131,15 @@ class OriginConnection(ServerConnection):
 
 
 async def serve(port: int, name: str, concurrency: int, service_ms: float,
-                ready: asyncio.Future[CapacityLimit] | None = None) -> None:
-    """Listen on 127.0.0.1:port until cancelled or killed."""
+                ready: asyncio.Future[tuple[CapacityLimit, int]] | None = None) -> None:
+    """Listen on 127.0.0.1:port until cancelled or killed; `ready` is given the limit and
+    the port listened on (the one the kernel chose, for port 0)."""
     loop = asyncio.get_running_loop()
     limit = CapacityLimit(concurrency, int(service_ms * 1e6))
     server = await loop.create_server(lambda: OriginConnection(limit, name.encode()),
                                       "127.0.0.1", port, backlog=4096)
     if ready is not None:
-        ready.set_result(limit)
+        ready.set_result((limit, int(server.sockets[0].getsockname()[1])))
     async with server:
         await server.serve_forever()
 

@@ -11,7 +11,7 @@ import multiprocessing
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, cast
 
 from bench.generator import worker_main
 from bench.recorder import merge_results
@@ -65,9 +65,9 @@ class GeneratorPool:
         while len(ready) < n:
             if time.monotonic() > ready_by:
                 raise RuntimeError("generator processes did not connect in time")
-            for pipe in wait(self.pipes, timeout=0.5):
+            for pipe in _readable(self.pipes, 0.5):
                 if _receive(pipe)[0] == "ready":
-                    ready.add(self.pipes.index(pipe))  # type: ignore[arg-type]
+                    ready.add(self.pipes.index(pipe))
         start_ns = time.monotonic_ns() + int(lead_s * 1e9)
         for pipe in self.pipes:
             pipe.send(("start", start_ns))
@@ -86,9 +86,9 @@ class GeneratorPool:
                 except Exception as exc:
                     # Leaving now would let a worker's late result leak into the next run.
                     event_error = event_error or exc
-            ready = wait([p for i, p in enumerate(self.pipes) if i not in done], timeout=0.05)
-            for pipe in ready:
-                i = self.pipes.index(pipe)  # type: ignore[arg-type]
+            running = [p for i, p in enumerate(self.pipes) if i not in done]
+            for pipe in _readable(running, 0.05):
+                i = self.pipes.index(pipe)
                 msg = _receive(pipe)
                 if msg[0] == "progress":
                     counts[i] = (msg[1], msg[2])
@@ -113,6 +113,12 @@ class GeneratorPool:
             proc.join(timeout=2)
             if proc.is_alive():
                 proc.kill()
+
+
+def _readable(pipes: list[Connection], timeout: float) -> list[Connection]:
+    """Those of `pipes` with something to read within `timeout` seconds."""
+    # wait() returns the objects it was given, here Connections only.
+    return cast(list[Connection], wait(pipes, timeout=timeout))
 
 
 def _receive(pipe: Any) -> Any:

@@ -46,7 +46,7 @@ def test_bench_hash_key_path_regex(benchmark):
 def test_bench_hash_key_cookie(benchmark):
     from lbproxy.proxy.routing import Route
 
-    route = Route("c", hash_on="cookie:sid")
+    route = Route(_snapshot().clusters["segments"], hash_on="cookie:sid")
     assert benchmark(route.hash_key, PATH, b"", HEADERS) == b"abc123"
 
 

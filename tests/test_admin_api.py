@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from admin_support import TOKEN, call, in_process, origins_hit, proxy_config
+from support.admin import TOKEN, call, origins_hit, round_robin_segments
+from support.inproc import serving
 
 from lbproxy.control import config
 
@@ -27,7 +28,8 @@ async def _members(admin_port):
 
 
 async def test_put_replaces_the_set_and_traffic_follows(origins):
-    async with in_process(proxy_config(origins[:1])) as (port, admin_port, _):
+    async with serving(round_robin_segments(origins[:1])) as served:
+        port, admin_port = served.port, served.admin_port
         assert set(await origins_hit(port, 6)) == {"origin-1"}
         body = {"backends": [origins[1], {"address": origins[2], "weight": 2, "zone": "z"}]}
         status, doc, _ = await call(admin_port, "PUT", SEG, body)
@@ -65,7 +67,8 @@ BAD_PUTS = [
 @pytest.mark.parametrize(("raw", "code", "field"), BAD_PUTS)
 async def test_an_invalid_put_is_400_naming_the_field_and_keeps_the_old_set(origins, raw,
                                                                              code, field):
-    async with in_process(proxy_config(origins[:2])) as (port, admin_port, _):
+    async with serving(round_robin_segments(origins[:2])) as served:
+        port, admin_port = served.port, served.admin_port
         before = await _members(admin_port)
         status, doc, headers = await call(admin_port, "PUT", SEG, raw=raw)
         assert status == 400, doc
@@ -78,7 +81,8 @@ async def test_an_invalid_put_is_400_naming_the_field_and_keeps_the_old_set(orig
 
 
 async def test_put_and_patch_on_an_unknown_cluster_or_backend_are_404(origins):
-    async with in_process(proxy_config(origins[:2])) as (_, admin_port, _):
+    async with serving(round_robin_segments(origins[:2])) as served:
+        admin_port = served.admin_port
         before = await _members(admin_port)
         body = {"backends": [origins[2]]}
         status, doc, _ = await call(admin_port, "PUT", "/clusters/nope/backends", body)
@@ -93,7 +97,8 @@ async def test_put_and_patch_on_an_unknown_cluster_or_backend_are_404(origins):
 
 
 async def test_patch_drain_then_active_moves_traffic_and_keeps_the_set(origins):
-    async with in_process(proxy_config(origins)) as (port, admin_port, _):
+    async with serving(round_robin_segments(origins)) as served:
+        port, admin_port = served.port, served.admin_port
         status, doc, _ = await call(admin_port, "PATCH", f"{SEG}/{origins[1]}",
                                     {"state": "drain"})
         assert status == 200
@@ -112,7 +117,8 @@ async def test_patch_drain_then_active_moves_traffic_and_keeps_the_set(origins):
 
 
 async def test_drain_marks_survive_a_put_that_keeps_the_backend(origins):
-    async with in_process(proxy_config(origins)) as (port, admin_port, _):
+    async with serving(round_robin_segments(origins)) as served:
+        port, admin_port = served.port, served.admin_port
         await call(admin_port, "PATCH", f"{SEG}/{origins[0]}", {"state": "drain"})
         status, _, _ = await call(admin_port, "PUT", SEG, {"backends": origins[:2]})
         assert status == 200
@@ -122,7 +128,8 @@ async def test_drain_marks_survive_a_put_that_keeps_the_backend(origins):
 
 
 async def test_patch_weight_changes_the_share(origins):
-    async with in_process(proxy_config(origins[:2])) as (port, admin_port, _):
+    async with serving(round_robin_segments(origins[:2])) as served:
+        port, admin_port = served.port, served.admin_port
         status, doc, _ = await call(admin_port, "PATCH", f"{SEG}/{origins[0]}",
                                     {"weight": 3, "state": "active"})
         assert (status, doc["version"], doc["backend"]["weight"]) == (200, 2, 3)
@@ -147,7 +154,8 @@ BAD_PATCHES = [
 
 @pytest.mark.parametrize(("raw", "code", "field"), BAD_PATCHES)
 async def test_an_invalid_patch_is_400_and_changes_nothing(origins, raw, code, field):
-    async with in_process(proxy_config(origins[:2])) as (_, admin_port, _):
+    async with serving(round_robin_segments(origins[:2])) as served:
+        admin_port = served.admin_port
         before = await _members(admin_port)
         status, doc, _ = await call(admin_port, "PATCH", f"{SEG}/{origins[0]}", raw=raw)
         assert (status, doc["error"]) == (400, code), doc
@@ -161,7 +169,8 @@ async def test_an_invalid_patch_is_400_and_changes_nothing(origins, raw, code, f
 ])
 async def test_a_mutating_call_without_the_right_token_is_401_and_changes_nothing(
         origins, authorization):
-    async with in_process(proxy_config(origins[:2], token=TOKEN)) as (port, admin_port, _):
+    async with serving(round_robin_segments(origins[:2], token=TOKEN)) as served:
+        port, admin_port = served.port, served.admin_port
         before = await _members(admin_port)  # GETs stay open without a token
         headers = {} if authorization is None else {"Authorization": authorization}
         calls = [("PUT", SEG, {"backends": [origins[2]]}),
@@ -186,7 +195,8 @@ async def test_a_mutating_call_without_the_right_token_is_401_and_changes_nothin
 
 
 async def test_unknown_routes_are_404_and_wrong_methods_405_with_allow(origins):
-    async with in_process(proxy_config(origins[:1])) as (_, admin_port, _):
+    async with serving(round_robin_segments(origins[:1])) as served:
+        admin_port = served.admin_port
         status, doc, hdrs = await call(admin_port, "GET", "/nope")
         assert (status, doc["error"]) == (404, "not_found")
         assert hdrs["Content-Type"].startswith("application/json")
@@ -201,7 +211,8 @@ async def test_unknown_routes_are_404_and_wrong_methods_405_with_allow(origins):
 
 async def test_concurrent_patches_are_all_applied(origins):
     addresses = [f"127.0.0.1:{9001 + i}" for i in range(6)]
-    async with in_process(proxy_config(addresses)) as (_, admin_port, _):
+    async with serving(round_robin_segments(addresses)) as served:
+        admin_port = served.admin_port
         results = await asyncio.gather(*(
             call(admin_port, "PATCH", f"{SEG}/{a}", {"state": "drain"}) for a in addresses[:5]))
         assert sorted(doc["version"] for _, doc, _ in results) == [2, 3, 4, 5, 6]
@@ -211,7 +222,8 @@ async def test_concurrent_patches_are_all_applied(origins):
 
 
 async def test_an_ipv6_backend_is_addressed_percent_encoded():
-    async with in_process(proxy_config(["[::1]:9001", "127.0.0.1:9002"])) as (_, admin_port, _):
+    async with serving(round_robin_segments(["[::1]:9001", "127.0.0.1:9002"])) as served:
+        admin_port = served.admin_port
         status, doc, _ = await call(admin_port, "PATCH", f"{SEG}/%5B::1%5D:9001",
                                     {"weight": 4})
         assert (status, doc["backend"]["address"], doc["backend"]["weight"]) == (
@@ -219,7 +231,8 @@ async def test_an_ipv6_backend_is_addressed_percent_encoded():
 
 
 async def test_a_body_over_1_mib_is_413_json_and_changes_nothing(origins):
-    async with in_process(proxy_config(origins[:1])) as (_, admin_port, _):
+    async with serving(round_robin_segments(origins[:1])) as served:
+        admin_port = served.admin_port
         before = await _members(admin_port)
         raw = b'{"backends": ["' + b"x" * (2 << 20) + b'"]}'
         status, doc, _ = await call(admin_port, "PUT", SEG, raw=raw)
@@ -229,5 +242,5 @@ async def test_a_body_over_1_mib_is_413_json_and_changes_nothing(origins):
 
 def test_an_empty_token_is_a_config_error():
     with pytest.raises(config.ConfigError) as err:
-        config.from_dict(proxy_config(["127.0.0.1:1"], token=" "))
+        config.from_dict(round_robin_segments(["127.0.0.1:1"], token=" "))
     assert [path for path, _ in err.value.errors] == ["admin.token"]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import jsonschema
 import pytest
-from admin_support import call, in_process, origins_hit, proxy_config
 from openapi_spec_validator import validate
+from support.admin import call, origins_hit, round_robin_segments
+from support.inproc import serving
 
 from lbproxy.admin import openapi
 from lbproxy.admin.api import AdminAPI
@@ -20,7 +21,7 @@ def test_the_document_is_valid_openapi():
 
 
 def test_documented_paths_and_methods_are_exactly_the_served_routes():
-    cfg = config.from_dict(proxy_config(["127.0.0.1:1"]))
+    cfg = config.from_dict(round_robin_segments(["127.0.0.1:1"]))
     api = AdminAPI(snapshot_of(cfg))
     served = {(r.resource.canonical, r.method.lower())  # type: ignore[union-attr]
               for r in api.app.router.routes() if r.method != "HEAD"}
@@ -37,7 +38,8 @@ def _schema(name):
 
 
 async def test_served_bodies_match_their_documented_schemas(origins):
-    async with in_process(proxy_config(origins[:2])) as (port, admin_port, _):
+    async with serving(round_robin_segments(origins[:2])) as served:
+        port, admin_port = served.port, served.admin_port
         await origins_hit(port, 3)
         status, doc, _ = await call(admin_port, "GET", "/openapi.json")
         assert (status, doc) == (200, openapi.DOCUMENT)

@@ -11,15 +11,8 @@ schema-valid body can rightly be a 400.
 
 from __future__ import annotations
 
-import json
-import re
-import subprocess
-import threading
-
 import pytest
 import schemathesis
-from admin_support import TOKEN
-from ctl_support import ADMIN, lbproxy_argv, subprocess_env
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import (
     content_type_conformance,
@@ -29,6 +22,8 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from support.admin import TOKEN
+from support.subproc import STANDIN, start_lbproxy
 
 from lbproxy.admin import openapi
 
@@ -42,36 +37,18 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 @pytest.fixture(scope="module")
 def admin_url(tmp_path_factory):
     """`lbproxy run` (stand-in data plane) with a token; yields the admin URL."""
-    path = tmp_path_factory.mktemp("st") / "c.json"
-    path.write_text(json.dumps({
+    doc = {
         "listener": {"bind": "127.0.0.1:0"},
         "admin": {"bind": "127.0.0.1:0", "token": TOKEN},  # so a missing token is a 401
         "timeouts": {"drain": 2.0},
         "clusters": {"segments": {"backends": ["127.0.0.1:9001", "127.0.0.1:9002"]}},
         "routes": [{"cluster": "segments"}],
-    }))
-    proc = subprocess.Popen(lbproxy_argv("run", "-c", str(path),
-                                         dataplane="standin_dataplane:StandInDataPlane"),
-                            env=subprocess_env(), stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    reader = None
+    }
+    proc = start_lbproxy(doc, tmp_path_factory.mktemp("st") / "c.json", dataplane=STANDIN)
     try:
-        for line in proc.stderr:
-            m = re.search(ADMIN.pattern.decode(), line.decode())
-            if m:
-                # Keep reading stderr, or a full pipe would block the server's logging.
-                reader = threading.Thread(target=proc.stderr.read, daemon=True)
-                reader.start()
-                yield f"http://127.0.0.1:{m.group(2)}"
-                break
-        else:
-            pytest.fail("lbproxy did not start")
+        yield proc.admin_url
     finally:
-        proc.terminate()
-        proc.wait(20)
-        if reader is not None:
-            reader.join(5)  # EOF once the process is gone
-        proc.stderr.close()
+        proc.stop(20)
 
 
 @schema.parametrize()

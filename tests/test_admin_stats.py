@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
-from admin_support import call, in_process, origins_hit, proxy_config
 from prometheus_client.parser import text_string_to_metric_families
+from support.admin import call, origins_hit, round_robin_segments
+from support.inproc import serving
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def _closed_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"  # nothing listens once closed
-
-
 @pytest.fixture
-async def after_traffic(origins):
+async def after_traffic(origins, refused_address):
     """A proxy that served 6 x 2xx and 2 x 4xx on `segments` and 1 x 502 on `dead`."""
-    dead = _closed_port()
-    cfg = proxy_config(origins[:2], extra_clusters={"dead": {"backends": [dead]}})
-    async with in_process(cfg) as (port, admin_port, _):
+    dead = refused_address
+    cfg = round_robin_segments(origins[:2], extra_clusters={"dead": {"backends": [dead]}})
+    async with serving(cfg) as served:
+        port, admin_port = served.port, served.admin_port
         assert set(await origins_hit(port, 6)) == {"origin-1", "origin-2"}
         assert await origins_hit(port, 2, prefix="/missing") == {"404": 2}
         assert await origins_hit(port, 1, prefix="/dead") == {"502": 1}

@@ -9,15 +9,16 @@ so no polling is needed for routing; /stats sums the workers' reports (<= 0.25 s
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
 import os
+import re
 import signal
-import socket
 from pathlib import Path
 
 import pytest
-from admin_support import TOKEN, call, origins_hit, proxy_config, until
-from ctl_support import ADMIN, LISTENING, spawn, stop, wait_for_lines
+from support.admin import TOKEN, call, origins_hit, round_robin_segments
+from support.subproc import ADMIN, LISTENING, LbproxyProcess, write_config
+from support.waiting import until
 
 from lbproxy.control import config
 from lbproxy.process.startup import DEFAULT_DATAPLANE
@@ -30,15 +31,11 @@ SEG = "/clusters/segments/backends"
 
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_put_patch_and_stats_reach_every_worker(tmp_path, origins, workers):
-    path = tmp_path / "c.json"
-    path.write_text(json.dumps(proxy_config(origins[:1], token=TOKEN)))
-    proc = await spawn("run", "-c", str(path), "--workers", str(workers), dataplane=None)
+    path = write_config(tmp_path / "c.json", round_robin_segments(origins[:1], token=TOKEN))
+    proc = LbproxyProcess("run", "-c", str(path), "--workers", str(workers))
     try:
-        found, seen = await wait_for_lines(proc, LISTENING, workers)
-        assert len(found) == workers, seen
-        admin, seen = await wait_for_lines(proc, ADMIN, 1)
-        assert admin, seen
-        port, admin_port = int(found[0].group(2)), int(admin[0].group(2))
+        assert await proc.ready_async(workers), proc.stderr()
+        port, admin_port = proc.port, proc.admin_port
         assert set(await origins_hit(port, 4)) == {"origin-1"}
 
         status, doc, _ = await call(admin_port, "PUT", SEG, {"backends": origins}, token="x")
@@ -74,29 +71,26 @@ async def test_put_patch_and_stats_reach_every_worker(tmp_path, origins, workers
         assert sum(b["requests"] for b in seg["backends"]) == 94
         _, text, _ = await call(admin_port, "GET", "/metrics")
         assert "lbproxy_config_version 4.0" in text
-        rc, err = await stop(proc)
-        assert rc == 0, err
+        rc = await proc.stop_async()
+        assert rc == 0, proc.stderr()
     finally:
         if proc.returncode is None:
-            await stop(proc)  # also closes the pipes before the loop ends
+            await proc.stop_async()
 
 
 async def test_a_restarted_worker_starts_with_the_drain_marks(tmp_path, origins):
-    path = tmp_path / "c.json"
-    path.write_text(json.dumps(proxy_config(origins)))
-    proc = await spawn("run", "-c", str(path), "--workers", "2", dataplane=None)
+    path = write_config(tmp_path / "c.json", round_robin_segments(origins))
+    proc = LbproxyProcess("run", "-c", str(path), "--workers", "2")
     try:
-        found, seen = await wait_for_lines(proc, LISTENING, 2)
-        admin, _ = await wait_for_lines(proc, ADMIN, 1)
-        assert len(found) == 2 and admin, seen
-        port, admin_port = int(found[0].group(2)), int(admin[0].group(2))
+        assert await proc.ready_async(2), proc.stderr()
+        port, admin_port = proc.port, proc.admin_port
         status, _, _ = await call(admin_port, "PATCH", f"{SEG}/{origins[2]}", {"state": "drain"})
         assert status == 200
         children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
                     .read_text().split()]
         assert len(children) == 2
         os.kill(children[0], signal.SIGKILL)
-        again, seen = await wait_for_lines(proc, LISTENING, 1)
+        again, seen = await proc.expect_async(LISTENING, 1)
         assert again, seen
 
         async def ready():
@@ -108,23 +102,20 @@ async def test_a_restarted_worker_starts_with_the_drain_marks(tmp_path, origins)
         assert set(hits) == {"origin-1", "origin-2"}, hits
     finally:
         if proc.returncode is None:
-            await stop(proc)
+            await proc.stop_async()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def test_a_worker_that_does_not_confirm_is_named_in_the_answer(origins):
-    cfg = proxy_config(origins)
-    admin_port = _free_port()
-    cfg["admin"]["bind"] = f"127.0.0.1:{admin_port}"
+async def test_a_worker_that_does_not_confirm_is_named_in_the_answer(origins, caplog):
+    caplog.set_level(logging.INFO, logger="lbproxy")
     stop_event = asyncio.Event()
-    supervisor = Supervisor(config.from_dict(cfg), 2, DEFAULT_DATAPLANE, stop=stop_event)
+    supervisor = Supervisor(config.from_dict(round_robin_segments(origins)), 2,
+                            DEFAULT_DATAPLANE, stop=stop_event)
     supervisor.propagation_timeout_s = 0.5
     task = asyncio.create_task(supervisor.run())
+
+    def admin_logged() -> re.Match[str] | None:
+        # The supervisor runs here: its log records reach this test's log capture.
+        return ADMIN.search(caplog.text)
 
     async def ready():
         try:
@@ -134,6 +125,9 @@ async def test_a_worker_that_does_not_confirm_is_named_in_the_answer(origins):
 
     stopped = None
     try:
+        admin_line = await until(admin_logged, timeout=20)
+        assert admin_line, caplog.text
+        admin_port = int(admin_line.group(2))
         assert await until(ready, timeout=20)
         me = os.getpid()
         workers = sorted(

@@ -110,9 +110,10 @@ class HeadsConnection:
         self.sent.append((req, head))
 
 
-CLASSES = [{"name": "play", "path_prefix": "/play/", "share": 0.15},
-           {"name": "normal", "path_prefix": "/v/", "share": 0.15},
-           {"name": "prefetch", "path_prefix": "/prefetch/", "share": 0.70}]
+CLASSES: list[dict[str, Any]] = [{"name": "play", "path_prefix": "/play/", "share": 0.15},
+                                 {"name": "normal", "path_prefix": "/v/", "share": 0.15},
+                                 {"name": "prefetch", "path_prefix": "/prefetch/",
+                                  "share": 0.70}]
 
 
 def driver_with_classes(now: list[int]) -> LoadDriver:

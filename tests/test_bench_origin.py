@@ -7,23 +7,25 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from support.waiting import until
 
-from bench.origin import CapacityLimit, serve
-from bench.procs import free_port
+from bench.origin import CapacityLimit, OriginConnection, serve
 
-SERVICE_MS = 100  # long enough that all 12 requests arrive before the first wave ends
+# Long enough that all 12 requests (each sent once the origin has read the one before, 3 ms
+# later) arrive before the first wave ends, with room to spare on a loaded machine.
+SERVICE_MS = 200
 
 
 @contextlib.asynccontextmanager
 async def origin(concurrency: int, service_ms: float) -> AsyncIterator[tuple[int, CapacityLimit]]:
-    """An origin on an ephemeral 127.0.0.1 port in this loop; cancelled on exit."""
-    port = free_port()
-    ready: asyncio.Future[CapacityLimit] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve(port, "origin-t", concurrency, service_ms, ready))
-    limit = await asyncio.wait_for(ready, 5)
+    """An origin on 127.0.0.1 port 0 (the kernel picks) in this loop; cancelled on exit."""
+    ready: asyncio.Future[tuple[CapacityLimit, int]] = (
+        asyncio.get_running_loop().create_future())
+    task = asyncio.create_task(serve(0, "origin-t", concurrency, service_ms, ready))
+    limit, port = await asyncio.wait_for(ready, 5)
     try:
         yield port, limit
     finally:
@@ -39,6 +41,16 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, dict[
     headers = {k.lower(): v for k, v in (ln.split(": ", 1) for ln in lines[1:] if ": " in ln)}
     body = await reader.readexactly(int(headers["content-length"]))
     return int(lines[0].split()[1]), body, headers
+
+
+async def until_received(limit: CapacityLimit, n: int) -> None:
+    """Wait until the origin has read `n` requests (in service, queued, answered or dropped)."""
+
+    def received() -> int:
+        stats = limit.stats()
+        return stats["busy"] + stats["queued"] + stats["served"] + stats["dropped"]
+
+    assert await until(lambda: received() == n, timeout=5, interval=0.001), limit.stats()
 
 
 async def get(port: int, path: str = "/v/1/0") -> tuple[int, bytes, dict[str, str]]:
@@ -64,11 +76,13 @@ async def test_four_at_a_time_then_fifo_over_real_sockets() -> None:
         t0 = time.monotonic()
         tasks = []
         for i, (reader, writer) in enumerate(conns):
-            # One request at a time, 2 ms apart: the origin (in this loop) has read each
-            # before the next is written, so arrival order is this order.
+            # One request at a time: the next is written once the origin (in this loop) has
+            # read this one, and 3 ms later, so arrival order is this order however busy the
+            # machine is, and the answers' timers (whole milliseconds) fire in that order.
             writer.write(f"GET /v/{i}/0 HTTP/1.1\r\nHost: t\r\n\r\n".encode())
             tasks.append(asyncio.create_task(answer(i, reader)))
-            await asyncio.sleep(0.002)
+            await until_received(limit, i + 1)
+            await asyncio.sleep(0.003)
         await asyncio.wait_for(asyncio.gather(*tasks), 10)
         for _, writer in conns:
             writer.close()
@@ -132,6 +146,11 @@ class FakeConn:
         self.answered += 1
 
 
+def submit(limit: CapacityLimit, conn: FakeConn, arrival_ns: int) -> None:
+    """`limit.submit` with a stand-in connection (it uses only `transport` and `respond`)."""
+    limit.submit(cast(OriginConnection, conn), arrival_ns)
+
+
 def one_worker(now: list[int]) -> tuple[FakeLoop, CapacityLimit]:
     """One worker, 20 ms a request, on a clock the test sets and a loop it fires by hand."""
     loop = FakeLoop()
@@ -143,8 +162,8 @@ def test_a_late_timer_does_not_lower_capacity() -> None:
     now = [0]
     loop, limit = one_worker(now)
     a, b = FakeConn(), FakeConn()
-    limit.submit(a, 0)
-    limit.submit(b, 1_000_000)  # arrives at 1 ms: waits
+    submit(limit, a, 0)
+    submit(limit, b, 1_000_000)  # arrives at 1 ms: waits
     assert len(loop.calls) == 1 and loop.calls[0][0] == pytest.approx(0.020)
     now[0] = 25_000_000  # the timer fires 5 ms late
     _, fn, args = loop.calls[0]
@@ -159,9 +178,25 @@ def test_a_request_arriving_after_a_free_slot_starts_at_its_arrival() -> None:
     now = [0]
     loop, limit = one_worker(now)
     a, b = FakeConn(), FakeConn()
-    limit.submit(a, 0)
-    limit.submit(b, 30_000_000)  # queued (the timer has not run) but arrived after 20 ms
+    submit(limit, a, 0)
+    submit(limit, b, 30_000_000)  # queued (the timer has not run) but arrived after 20 ms
     now[0] = 31_000_000
     _, fn, args = loop.calls[0]
     fn(*args)
     assert loop.calls[1][2][1] == 50_000_000  # 30 ms arrival + 20 ms service
+
+
+def test_an_early_timer_does_not_answer_before_the_service_time() -> None:
+    now = [0]
+    loop, limit = one_worker(now)
+    a = FakeConn()
+    submit(limit, a, 0)
+    now[0] = 19_500_000  # the timer fires 0.5 ms early (libuv counts whole milliseconds)
+    _, fn, args = loop.calls[0]
+    fn(*args)
+    assert a.answered == 0 and limit.stats()["busy"] == 1
+    assert len(loop.calls) == 2 and loop.calls[1][0] == pytest.approx(0.001)
+    now[0] = 20_000_000
+    _, fn, args = loop.calls[1]
+    fn(*args)
+    assert a.answered == 1 and limit.stats()["served"] == 1

@@ -5,7 +5,17 @@ import socket
 import subprocess
 
 import pytest
-from ctl_support import fixed_ports_free, spawn, toml_config
+from support.configs import segments_doc
+from support.subproc import (
+    ADMIN,
+    LISTENING,
+    STANDIN,
+    LbproxyProcess,
+    lbproxy_argv,
+    skip_if_port_taken,
+    subprocess_env,
+    write_config,
+)
 
 from lbproxy import cli
 
@@ -22,15 +32,13 @@ cluster = "nowhere"
 
 
 def _lbproxy(*args):
-    from ctl_support import lbproxy_argv, subprocess_env
-
     return subprocess.run(lbproxy_argv(*args), capture_output=True, text=True, timeout=30,
                           env=subprocess_env())
 
 
 def test_check_valid_config_exits_0(tmp_path):
-    p = tmp_path / "ok.toml"
-    p.write_text(toml_config("127.0.0.1:8080", "127.0.0.1:9901"))
+    p = write_config(tmp_path / "ok.toml", segments_doc(listener={"bind": "127.0.0.1:8080"},
+                                                       admin={"bind": "127.0.0.1:9901"}))
     r = _lbproxy("check", "--config", str(p))
     assert r.returncode == 0, r.stderr
     assert "ok" in r.stdout
@@ -81,12 +89,12 @@ async def test_run_with_a_taken_port_exits_nonzero_clearly(tmp_path, workers):
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        p = tmp_path / "c.toml"
-        p.write_text(toml_config(f"127.0.0.1:{port}", "127.0.0.1:0"))
-        proc = await spawn("run", "-c", str(p), "--workers", workers)
-        _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 1
-    assert f"cannot listen on 127.0.0.1:{port}: address already in use".encode() in err
+        p = write_config(tmp_path / "c.toml",
+                         segments_doc(listener={"bind": f"127.0.0.1:{port}"}))
+        proc = LbproxyProcess("run", "-c", str(p), "--workers", workers, dataplane=STANDIN)
+        rc = await proc.wait_async(30)
+    assert rc == 1
+    assert f"cannot listen on 127.0.0.1:{port}: address already in use" in proc.stderr()
 
 
 async def test_run_with_the_admin_port_taken_exits_nonzero(tmp_path):
@@ -94,12 +102,11 @@ async def test_run_with_the_admin_port_taken_exits_nonzero(tmp_path):
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        p = tmp_path / "c.toml"
-        p.write_text(toml_config("127.0.0.1:0", f"127.0.0.1:{port}"))
-        proc = await spawn("run", "-c", str(p))
-        _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 1
-    assert b"(admin API): address already in use" in err
+        p = write_config(tmp_path / "c.toml", segments_doc(admin={"bind": f"127.0.0.1:{port}"}))
+        proc = LbproxyProcess("run", "-c", str(p), dataplane=STANDIN)
+        rc = await proc.wait_async(30)
+    assert rc == 1
+    assert "(admin API): address already in use" in proc.stderr()
 
 
 async def test_async_tests_run_on_uvloop():
@@ -132,19 +139,18 @@ def test_check_reads_yaml_and_json_by_extension(tmp_path, suffix):
 
 
 async def test_contract_minimal_file_runs_as_written(tmp_path):
-    from ctl_support import ADMIN, LISTENING, wait_for_lines
     from test_config import CONTRACT_TOML
 
-    if not fixed_ports_free(8080, 9901):
-        pytest.skip("127.0.0.1:8080 or :9901 is in use by another process")
     p = tmp_path / "lbproxy.toml"
     p.write_text(CONTRACT_TOML)
-    proc = await spawn("run", "-c", str(p), dataplane=None)
+    proc = LbproxyProcess("run", "-c", str(p))
     try:
-        found, seen = await wait_for_lines(proc, LISTENING, 1)
-        assert found and found[0].group(1, 2) == (b"127.0.0.1", b"8080"), seen
-        admin, _ = await wait_for_lines(proc, ADMIN, 1)
-        assert admin and admin[0].group(2) == b"9901"
+        found, seen = await proc.expect_async(LISTENING, 1)
+        if not found:
+            skip_if_port_taken(proc, 8080, 9901)  # the file binds these fixed ports
+        assert found and found[0].group(1, 2) == ("127.0.0.1", "8080"), seen
+        admin, _ = await proc.expect_async(ADMIN, 1)
+        assert admin and admin[0].group(2) == "9901"
         import aiohttp
 
         async with aiohttp.ClientSession() as s:
@@ -157,9 +163,8 @@ async def test_contract_minimal_file_runs_as_written(tmp_path):
         assert [(b["address"], b["weight"]) for b in ups] == [("127.0.0.1:9101", 2),
                                                               ("127.0.0.1:9102", 1)]
     finally:
-        proc.terminate()
-        _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0, err
+        rc = await proc.stop_async()
+    assert rc == 0, proc.stderr()
 
 
 def test_version_prints_the_installed_package_version():

@@ -23,6 +23,13 @@ def _cfg(clusters, routes=None):
     return config.from_dict({"clusters": clusters, "routes": routes})
 
 
+def _slot(cluster: Cluster, address: str) -> int:
+    """The slot of a member of `cluster` (failing when `address` is not one)."""
+    backend = cluster.backend(address)
+    assert backend is not None, address
+    return backend.slot
+
+
 THREE = ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]
 
 
@@ -127,7 +134,7 @@ def test_in_flight_survives_a_pool_change_and_busy_slots_are_not_reused():
         states, 2)
     state = states["c"]
     assert state.inflight("127.0.0.1:9001") == 1  # counted across the swap
-    new_slot = s2.clusters["c"].backend("127.0.0.1:9004").slot
+    new_slot = _slot(s2.clusters["c"], "127.0.0.1:9004")
     assert new_slot != by_addr["127.0.0.1:9002"].slot  # still busy: not handed out
     for x in by_addr.values():
         x.end(Outcome.OK, 100)
@@ -136,7 +143,7 @@ def test_in_flight_survives_a_pool_change_and_busy_slots_are_not_reused():
     s3 = snapshot_of(
         _cfg({"c": {"backends": ["127.0.0.1:9001", "127.0.0.1:9003", "127.0.0.1:9004",
                                  "127.0.0.1:9005"]}}), states, 3)
-    assert s3.clusters["c"].backend("127.0.0.1:9005").slot == by_addr["127.0.0.1:9002"].slot
+    assert _slot(s3.clusters["c"], "127.0.0.1:9005") == by_addr["127.0.0.1:9002"].slot
 
 
 def test_removed_cluster_state_is_dropped_and_routes_bind_clusters():
@@ -281,5 +288,5 @@ def test_a_removed_backend_forgets_its_drain_mark():
     snapshot_of(_cfg({"c": {"backends": ["127.0.0.1:9001"]}}), states, 2)
     snap = snapshot_of(_cfg({"c": {"backends": THREE}}), states, 3)
     assert states["c"].state_of("127.0.0.1:9002") == "active"
-    slot = snap.clusters["c"].backend("127.0.0.1:9002").slot
+    slot = _slot(snap.clusters["c"], "127.0.0.1:9002")
     assert states["c"].load.accepts(slot)

@@ -1,8 +1,8 @@
 """Black-box conformance: the command line and operational contract of `lbproxy`.
 
 `lbproxy check` and `lbproxy run` as subprocesses: exit codes, field paths on stderr,
-taken ports, one log line per listener, the CONTRACT minimal file in TOML, YAML and JSON,
-/ready and the exact /clusters shape, and SIGTERM draining an in-flight request.
+taken ports, one log line per listener, the documented minimal file in TOML, YAML and
+JSON, /ready and the exact /clusters shape, and SIGTERM draining an in-flight request.
 """
 
 from __future__ import annotations
@@ -16,19 +16,13 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
-from blackbox import (
-    LBPROXY,
-    LISTENING,
-    Backends,
-    Proxy,
-    free_port,
-    start_proxy,
-    wait_until,
-)
+from support.backends import Backends
+from support.subproc import LBPROXY, LISTENING, start_lbproxy
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
-# CONTRACT.md "Configuration": this minimal file must work as written, comments included
+# The documented minimal configuration file: it must work as written, comments included
 # (tests/test_config.py keeps a comment-free copy for decoding tests).
 CONTRACT_TOML = """\
 [listener]
@@ -94,8 +88,9 @@ def backends() -> Iterator[Backends]:
     b.close()
 
 
-def contract_file(fmt: str, backends: Backends, port: int, admin_port: int) -> str:
-    """The CONTRACT minimal file in `fmt`, moved to free ports and our backends."""
+def contract_file(fmt: str, backends: Backends, port: int = 0, admin_port: int = 0) -> str:
+    """The documented minimal file in `fmt`, moved to our backends and to `port` and
+    `admin_port` (0: any free port, read back from the log)."""
     text = FORMATS[fmt]()
     text = text.replace("127.0.0.1:8080", f"127.0.0.1:{port}")
     text = text.replace("127.0.0.1:9901", f"127.0.0.1:{admin_port}")
@@ -179,7 +174,7 @@ def test_run_with_a_port_taken_exits_nonzero_with_a_clear_message(tmp_path, back
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        ports = (port, free_port()) if which == "listener" else (free_port(), port)
+        ports = (port, 0) if which == "listener" else (0, port)
         path = tmp_path / "lbproxy.toml"
         path.write_text(contract_file("toml", backends, *ports))
         out = lbproxy("run", "--config", str(path))
@@ -201,10 +196,9 @@ def get(port: int, path: str, headers: dict[str, str] | None = None,
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_run_serves_the_contract_minimal_file(tmp_path, backends, fmt) -> None:
-    run = start_proxy(lambda p, a: contract_file(fmt, backends, p, a),
-                      tmp_path / f"lbproxy.{fmt}")
+    run = start_lbproxy(contract_file(fmt, backends), tmp_path / f"lbproxy.{fmt}")
     try:
-        assert len(LISTENING.findall(run.proxy.stderr())) == 1, run.proxy.stderr()
+        assert len(LISTENING.findall(run.stderr())) == 1, run.stderr()
         status, _, body = get(run.admin_port, "/ready")
         assert status == 200, body
         status, _, body = get(run.admin_port, "/clusters")
@@ -229,15 +223,15 @@ def test_run_serves_the_contract_minimal_file(tmp_path, backends, fmt) -> None:
         first = {json.loads(get(run.port, f"/v/abc/{i}.ts")[2])["backend"] for i in range(4)}
         assert len(first) == 1 and first <= {"9001", "9002", "9003"}
     finally:
-        rc = run.proxy.stop()
-    assert rc == 0, run.proxy.stderr()
+        rc = run.stop()
+    assert rc == 0, run.stderr()
 
 
 def test_two_workers_log_one_line_each_and_agree_on_placement(tmp_path, backends) -> None:
-    run = start_proxy(lambda p, a: contract_file("toml", backends, p, a),
-                      tmp_path / "lbproxy.toml", workers=2)
+    run = start_lbproxy(contract_file("toml", backends), tmp_path / "lbproxy.toml",
+                        workers=2)
     try:
-        assert wait_until(lambda: len(LISTENING.findall(run.proxy.stderr())) >= 2, 20)
+        assert wait_until(lambda: len(LISTENING.findall(run.stderr())) >= 2, 20)
         assert wait_until(lambda: get(run.admin_port, "/ready")[0] == 200, 20)
         # Each worker builds its own Maglev table: a video must land on the same backend
         # whichever worker accepts the connection (one new connection per request).
@@ -249,9 +243,9 @@ def test_two_workers_log_one_line_each_and_agree_on_placement(tmp_path, backends
                 placement.setdefault(video, set()).add(json.loads(body)["backend"])
         assert all(len(b) == 1 for b in placement.values()), placement
     finally:
-        rc = run.proxy.stop()
-    assert rc == 0, run.proxy.stderr()
-    assert len(LISTENING.findall(run.proxy.stderr())) == 2, run.proxy.stderr()
+        rc = run.stop()
+    assert rc == 0, run.stderr()
+    assert len(LISTENING.findall(run.stderr())) == 2, run.stderr()
 
 
 def ready_status(admin_port: int) -> int | None:
@@ -264,9 +258,8 @@ def ready_status(admin_port: int) -> int | None:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_drains_an_in_flight_request_then_exits_0(tmp_path, backends, workers) -> None:
-    run = start_proxy(lambda p, a: contract_file("toml", backends, p, a),
-                      tmp_path / "lbproxy.toml", workers=workers)
-    proxy: Proxy = run.proxy
+    run = start_lbproxy(contract_file("toml", backends), tmp_path / "lbproxy.toml",
+                        workers=workers)
     assert wait_until(lambda: ready_status(run.admin_port) == 200, 20)
     result: list[tuple[int, dict[str, str], bytes]] = []
     target = f"/slow/1.5?w{workers}"
@@ -276,21 +269,20 @@ def test_sigterm_drains_an_in_flight_request_then_exits_0(tmp_path, backends, wo
     try:
         assert wait_until(lambda: any(target.encode() in bytes(c.raw)
                                       for b in all_seg for c in b.conns), 5)
-        proxy.proc.send_signal(15)
+        run.send_signal(15)
         # While draining, readiness goes 503 (or the admin API is already gone).
         assert wait_until(lambda: ready_status(run.admin_port) != 200, 1.0)
         assert client.is_alive(), "the in-flight request ended before the drain was seen"
         client.join(10)
     finally:
-        rc = proxy.stop()
-    assert rc == 0, proxy.stderr()
-    assert result and result[0][0] == 200, proxy.stderr()
+        rc = run.stop()
+    assert rc == 0, run.stderr()
+    assert result and result[0][0] == 200, run.stderr()
     assert json.loads(result[0][2])["target"] == target
 
 
 def test_clusters_counts_an_in_flight_request(tmp_path, backends) -> None:
-    run = start_proxy(lambda p, a: contract_file("toml", backends, p, a),
-                      tmp_path / "lbproxy.toml")
+    run = start_lbproxy(contract_file("toml", backends), tmp_path / "lbproxy.toml")
 
     def inflight() -> int:
         doc = json.loads(get(run.admin_port, "/clusters")[2])
@@ -304,5 +296,5 @@ def test_clusters_counts_an_in_flight_request(tmp_path, backends) -> None:
         client.join(10)
         assert wait_until(lambda: inflight() == 0, 2)
     finally:
-        rc = run.proxy.stop()
-    assert rc == 0, run.proxy.stderr()
+        rc = run.stop()
+    assert rc == 0, run.stderr()

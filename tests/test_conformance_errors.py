@@ -1,4 +1,4 @@
-"""Black-box conformance: every error status CONTRACT.md lists, from a real `lbproxy run`.
+"""Black-box conformance: every documented error status, from a real `lbproxy run`.
 
 Each case sends raw bytes and asserts the exact status, the X-Lbproxy-Error code, a short
 plain-text body, Connection: close with the connection really closed, and what reached
@@ -12,25 +12,20 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import re
 import socket
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from blackbox import (
-    Backends,
-    Running,
-    assert_proxy_error,
-    closed_port,
-    curl,
-    exchange,
-    parse_one,
-    proxy_running,
-    toml_config,
-    wait_until,
-)
+from support.backends import Backends, refused_address
+from support.configs import config_doc
+from support.subproc import LbproxyProcess, curl, lbproxy_running
+from support.waiting import wait_until
+from support.wire import Reply, Response, exchange, parse_response
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,27 +42,46 @@ def backends() -> Iterator[Backends]:
 
 
 @pytest.fixture(scope="module")
-def proxy(backends: Backends, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    def render(port: int, admin_port: int) -> str:
-        routes: list[dict[str, object]] = [
-            {"path_prefix": "/limited", "cluster": "main", "max_body_bytes": BODY_LIMIT},
-            {"path_prefix": "/dead", "cluster": "dead"},
-        ]
-        routes += [{"path_prefix": p, "cluster": "main"} for p in MAIN_PREFIXES]
-        return toml_config(
-            port, admin_port,
-            {"main": [backends["main"].address], "dead": [f"127.0.0.1:{closed_port()}"]},
+def proxy(backends: Backends, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[LbproxyProcess]:
+    routes: list[dict[str, object]] = [
+        {"path_prefix": "/limited", "cluster": "main", "max_body_bytes": BODY_LIMIT},
+        {"path_prefix": "/dead", "cluster": "dead"},
+    ]
+    routes += [{"path_prefix": p, "cluster": "main"} for p in MAIN_PREFIXES]
+    # This module makes its one backend fail on purpose, many times and in any order;
+    # passive ejection would turn later answers into 503s.
+    no_ejection = {"enabled": False}
+    with refused_address() as dead:
+        doc = config_doc(
+            {name: {"policy": "round_robin", "backends": [address],
+                    "outlier_detection": no_ejection}
+             for name, address in (("main", backends["main"].address), ("dead", dead))},
             routes,
             timeouts={"request_headers": 1.0, "client_body_idle": 1.0, "connect": 1.0,
                       "upstream_headers": 1.0, "upstream_idle": 3.0},
             limits={"max_request_line": 4096, "max_header_bytes": 16384, "max_headers": 50},
-            # This module makes its one backend fail on purpose, many times and in any
-            # order; passive ejection would turn later answers into 503s.
-            cluster_extra="outlier_detection = { enabled = false }\n",
         )
+        with lbproxy_running(doc, tmp_path_factory.mktemp("errors") / "lbproxy.toml") as run:
+            yield run
 
-    with proxy_running(render, tmp_path_factory.mktemp("errors") / "lbproxy.toml") as run:
-        yield run
+
+def assert_proxy_error(reply: Reply, status: int, code: str | None = None) -> Response:
+    """The documented shape of a proxy-made error: exact status, X-Lbproxy-Error, a short
+    plain-text body naming the reason, Connection: close, and the connection closed."""
+    resps = reply.responses()
+    assert len(resps) == 1, f"want exactly one response, got {reply.raw!r}"
+    resp = resps[0]
+    assert resp.status == status, reply.raw
+    err = resp.header(b"x-lbproxy-error")
+    assert err and re.fullmatch(rb"[a-z0-9_]+", err), reply.raw
+    if code is not None:
+        assert err == code.encode(), reply.raw
+    assert (resp.header(b"content-type") or b"").startswith(b"text/plain"), reply.raw
+    assert 0 < len(resp.body) <= 200 and resp.body.strip().isascii(), reply.raw
+    assert b"close" in resp.tokens(b"connection"), reply.raw
+    assert reply.closed, "the proxy kept the connection open after a closing error"
+    return resp
 
 
 def settled_bytes(backends: Backends) -> int:
@@ -82,8 +96,8 @@ def settled_bytes(backends: Backends) -> int:
     return last
 
 
-def rejected(proxy: Running, backends: Backends, data: bytes | list[bytes], status: int,
-             code: str | None = None, **kw: float | bool) -> None:
+def rejected(proxy: LbproxyProcess, backends: Backends, data: bytes | list[bytes], status: int,
+             code: str | None = None, **kw: Any) -> None:
     """`data` gets the proxy's own `status` error and not one byte reaches the backend."""
     before = settled_bytes(backends)
     reply = exchange(proxy.port, data, **kw)
@@ -180,8 +194,8 @@ def test_malformed_request_is_400_and_nothing_forwarded(proxy, backends, name) -
     rejected(proxy, backends, BAD_400[name], 400)
 
 
-# RFC 9110 §15.6.6 allows 505 for a version the server will not speak; CONTRACT lists 400
-# for malformed requests; both close and forward nothing.
+# RFC 9110 §15.6.6 allows 505 for a version the server will not speak; the documented
+# status for a malformed request is 400; both close and forward nothing.
 @pytest.mark.parametrize(
     "line", [b"GET /echo HTTP/1.2", b"GET /echo HTTP/2.0", b"GET /echo HTTP/3.0",
              b"GET /echo HTTP/0.9", b"GET /echo\r\n"])
@@ -209,9 +223,9 @@ def test_absolute_form_host_mismatch_uses_the_authority(proxy, backends) -> None
     reply = exchange(proxy.port, b"GET http://real.test/echo HTTP/1.1\r\nHost: fake.test\r\n"
                      b"Connection: close\r\n\r\n")
     assert reply.first.status == 200
-    got = backends["main"].requests()[-1]
-    assert got.target == "/echo"
-    assert got.header("host") == "real.test"
+    got = backends["main"].requests[-1]
+    assert got.target == b"/echo"
+    assert got.header(b"host") == b"real.test"
 
 
 @pytest.mark.parametrize(
@@ -262,7 +276,7 @@ def test_content_length_at_route_limit_is_forwarded(proxy, backends) -> None:
     reply = exchange(proxy.port, b"POST /limited HTTP/1.1\r\n" + H
                      + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
     assert reply.first.status == 200
-    assert backends["main"].requests()[-1].body == body
+    assert backends["main"].requests[-1].body == body
 
 
 def test_chunked_body_over_route_limit_is_413_before_the_excess_is_forwarded(
@@ -271,14 +285,14 @@ def test_chunked_body_over_route_limit_is_413_before_the_excess_is_forwarded(
     # bytes may have gone upstream, but never byte BODY_LIMIT + 1 and never a whole request.
     main = backends["main"]
     before_conns = len(main.conns)
-    before_reqs = len(main.requests())
+    before_reqs = len(main.requests)
     pieces = [b"POST /limited HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"]
     pieces += [b"190\r\n" + b"y" * 400 + b"\r\n"] * 2  # 800 bytes: under the limit
     pieces += [b"190\r\n" + b"z" * 400 + b"\r\n", b"0\r\n\r\n"]  # crosses it
     reply = exchange(proxy.port, pieces, pause=0.1)
     assert_proxy_error(reply, 413, "body_too_large")
     assert wait_until(lambda: all(c.closed for c in main.conns[before_conns:]))
-    assert len(main.requests()) == before_reqs, "a complete request reached the backend"
+    assert len(main.requests) == before_reqs, "a complete request reached the backend"
     for c in main.conns[before_conns:]:
         assert b"z" not in bytes(c.raw), "a byte past the limit reached the backend"
         assert bytes(c.raw).count(b"y") <= BODY_LIMIT
@@ -296,12 +310,12 @@ def test_slow_request_head_is_408(proxy, backends) -> None:
 def test_idle_request_body_is_408_and_the_upstream_exchange_never_completes(
         proxy, backends) -> None:
     main = backends["main"]
-    before_reqs = len(main.requests())
+    before_reqs = len(main.requests)
     reply = exchange(proxy.port, b"POST /echo HTTP/1.1\r\n" + H
                      + b"Content-Length: 100\r\n\r\n" + b"a" * 10, wait=5)
     assert_proxy_error(reply, 408, "request_timeout")
     time.sleep(0.1)
-    assert len(main.requests()) == before_reqs
+    assert len(main.requests) == before_reqs
 
 
 def test_no_route_is_404(proxy, backends) -> None:
@@ -316,7 +330,7 @@ def test_no_route_keeps_a_keep_alive_connection_usable(proxy, backends) -> None:
     reply = exchange(proxy.port, b"GET /nothing-here HTTP/1.1\r\n" + H + b"\r\n"
                      b"GET /echo HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
     first, second = reply.responses()
-    assert first.status == 404 and first.header("x-lbproxy-error") == "no_route"
+    assert first.status == 404 and first.header(b"x-lbproxy-error") == b"no_route"
     assert second.status == 200
 
 
@@ -343,11 +357,11 @@ def test_malformed_backend_response_is_502_and_the_connection_discarded(
         assert not reply.responses() and reply.closed, reply.raw
     else:
         assert_proxy_error(reply, 502)
-    bad = [r for r in main.requests() if r.target.startswith("/bad/")][-1]
+    bad = [r for r in main.requests if r.target.startswith(b"/bad/")][-1]
     # The next request gets a fresh upstream connection, not the poisoned one.
     ok = exchange(proxy.port, b"GET /echo HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
     assert ok.first.status == 200
-    assert main.requests()[-1].conn != bad.conn
+    assert main.requests[-1].conn != bad.conn
 
 
 def test_backend_never_answering_is_504(proxy) -> None:
@@ -362,7 +376,7 @@ def test_unknown_expectation_is_417_and_nothing_forwarded(proxy, backends) -> No
                                   b"hello"), 417)
 
 
-def admin_patch(proxy: Running, cluster: str, address: str, doc: dict[str, object]) -> int:
+def admin_patch(proxy: LbproxyProcess, cluster: str, address: str, doc: dict[str, object]) -> int:
     """PATCH /clusters/{cluster}/backends/{address} on the admin API; the status."""
     url = f"{proxy.admin_url}/clusters/{cluster}/backends/{address}"
     request = urllib.request.Request(url, data=json.dumps(doc).encode(), method="PATCH",
@@ -379,8 +393,8 @@ def test_503_with_retry_after_when_no_backend_is_acceptable(proxy, backends) -> 
         before = settled_bytes(backends)
         reply = exchange(proxy.port, b"GET /echo HTTP/1.1\r\n" + H + b"\r\n")
         resp = assert_proxy_error(reply, 503)
-        assert (resp.header("retry-after") or "").isdigit()
-        assert int(resp.header("retry-after") or 0) >= 1
+        assert (resp.header(b"retry-after") or b"").isdigit()
+        assert int(resp.header(b"retry-after") or 0) >= 1
         assert backends.total_bytes() == before
     finally:
         assert admin_patch(proxy, "main", address, {"state": "active"}) == 200
@@ -459,9 +473,9 @@ def test_a_request_hidden_in_a_body_stays_body(proxy, backends, framing) -> None
     reply = exchange(proxy.port, b"POST /echo/outer HTTP/1.1\r\n" + H + head
                      + b"Connection: close\r\n\r\n" + wire)
     assert len(reply.responses()) == 1 and reply.first.status == 200
-    got = [r for r in backends["main"].requests() if r.target in ("/echo/outer", "/smuggled")]
-    assert got[-1].target == "/echo/outer" and got[-1].body == body
-    assert not [r for r in got if r.target == "/smuggled"]
+    got = [r for r in backends["main"].requests if r.target in (b"/echo/outer", b"/smuggled")]
+    assert got[-1].target == b"/echo/outer" and got[-1].body == body
+    assert not [r for r in got if r.target == b"/smuggled"]
 
 
 def test_expect_100_continue_to_a_dead_backend_gets_502_and_no_100(proxy) -> None:
@@ -478,7 +492,7 @@ def test_a_slow_but_steady_body_is_not_timed_out(proxy, backends) -> None:
     pieces += [b"4\r\nslow\r\n"] * 5 + [b"0\r\n\r\n"]
     reply = exchange(proxy.port, pieces, pause=0.4, wait=5)
     assert reply.first.status == 200
-    assert backends["main"].requests()[-1].body == b"slow" * 5
+    assert backends["main"].requests[-1].body == b"slow" * 5
 
 
 def test_keep_alive_idle_longer_than_the_head_timeout_is_not_a_408(proxy) -> None:
@@ -515,7 +529,7 @@ def test_no_route_with_a_body_then_a_pipelined_request(proxy, backends, framing)
     assert statuses[0] == 404
     if len(statuses) == 2:
         assert statuses[1] == 200
-        assert backends["main"].requests()[-1].target == "/echo/after-404"
+        assert backends["main"].requests[-1].target == b"/echo/after-404"
     else:
         assert statuses == [404] and reply.closed
     assert not any(b"q404q" in bytes(c.raw) for c in backends["main"].conns)
@@ -527,7 +541,7 @@ def test_valid_host_values_are_forwarded(proxy, backends, host) -> None:
     reply = exchange(proxy.port, b"GET /echo/host HTTP/1.1\r\nHost: " + host
                      + b"\r\nConnection: close\r\n\r\n")
     assert reply.first.status == 200
-    assert backends["main"].requests()[-1].header("host") == host.decode()
+    assert backends["main"].requests[-1].header(b"host") == host
 
 
 def test_whitespace_around_field_values_is_not_part_of_them(proxy, backends) -> None:
@@ -547,12 +561,12 @@ def test_whitespace_around_field_values_is_not_part_of_them(proxy, backends) -> 
 
 def test_oversized_chunked_upload_from_curl_gets_the_413(proxy, backends) -> None:
     main = backends["main"]
-    before = len(main.requests())
+    before = len(main.requests)
     out = curl("-o", "/dev/null", "-w", "%{http_code}", "-H", "Expect:", "-H",
                "Transfer-Encoding: chunked", "--data-binary", "@-", f"{proxy.url}/limited",
                data=b"c" * (4 << 20))
     assert out.stdout == b"413", out.stderr
-    assert len(main.requests()) == before, "a complete request reached the backend"
+    assert len(main.requests) == before, "a complete request reached the backend"
 
 
 def test_head_to_no_route_gets_a_bodiless_404_and_the_connection_stays_usable(proxy) -> None:
@@ -577,6 +591,6 @@ def test_head_to_no_route_gets_a_bodiless_404_and_the_connection_stays_usable(pr
 def test_proxy_errors_to_head_have_no_body(proxy, path, status) -> None:
     reply = exchange(proxy.port, b"HEAD " + path + b" HTTP/1.1\r\n" + H
                      + b"Connection: close\r\n\r\n", wait=5)
-    resp, rest = parse_one(reply.raw, no_body=True)
-    assert resp is not None and resp.status == status and resp.header("x-lbproxy-error")
+    resp, rest = parse_response(reply.raw, bodiless=True)
+    assert resp is not None and resp.status == status and resp.header(b"x-lbproxy-error")
     assert rest == b"" and reply.closed

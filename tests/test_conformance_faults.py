@@ -16,21 +16,14 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from blackbox import (
-    Backends,
-    Running,
-    closed_port,
-    curl,
-    exchange,
-    pattern,
-    proxy_running,
-    rss_bytes,
-    start_proxy,
-    toml_config,
-    wait_until,
-)
+from support.backends import Backends
+from support.configs import config_doc
+from support.subproc import LbproxyProcess, curl, lbproxy_running, rss_bytes, start_lbproxy
+from support.waiting import wait_until
+from support.wire import exchange, pattern
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -47,25 +40,22 @@ def backends() -> Iterator[Backends]:
     b.close()
 
 
-def render_for(backends: Backends, drain: float = 10.0):  # type: ignore[no-untyped-def]
-    """A config renderer: every path to the recording backend."""
-    def render(port: int, admin_port: int) -> str:
-        return toml_config(port, admin_port, {"main": [backends["main"].address]},
-                           [{"path_prefix": "/", "cluster": "main"}],
-                           timeouts={"drain": drain, "upstream_idle": 30.0,
-                                     "client_body_idle": 3.0})
-    return render
+def config_for(backends: Backends, drain: float = 10.0) -> dict[str, Any]:
+    """A config document: every path to the recording backend."""
+    return config_doc({"main": [backends["main"].address]},
+                      timeouts={"drain": drain, "upstream_idle": 30.0, "client_body_idle": 3.0})
 
 
 @pytest.fixture(scope="module")
-def proxy(backends: Backends, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+def proxy(backends: Backends, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[LbproxyProcess]:
     path = tmp_path_factory.mktemp("faults") / "lbproxy.toml"
-    with proxy_running(render_for(backends), path) as run:
+    with lbproxy_running(config_for(backends), path) as run:
         yield run
 
 
 def test_client_that_stops_reading_a_download_keeps_memory_bounded(proxy) -> None:
-    pid = proxy.proxy.proc.pid
+    pid = proxy.pid
     with socket.create_connection(("127.0.0.1", proxy.port)) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
         s.sendall(b"GET /bytes/%d HTTP/1.1\r\n" % GIB + H + b"\r\n")
@@ -78,7 +68,7 @@ def test_client_that_stops_reading_a_download_keeps_memory_bounded(proxy) -> Non
 
 
 def test_backend_that_stops_reading_an_upload_keeps_memory_bounded(proxy) -> None:
-    pid = proxy.proxy.proc.pid
+    pid = proxy.pid
     before = rss_bytes(pid)
     sent = 0
     piece = b"u" * (1 << 20)
@@ -97,23 +87,23 @@ def test_backend_that_stops_reading_an_upload_keeps_memory_bounded(proxy) -> Non
 
 
 def test_sigterm_closes_idle_keep_alive_connections_and_exits_0(backends, tmp_path) -> None:
-    run = start_proxy(render_for(backends, drain=30.0), tmp_path / "lbproxy.toml")
+    run = start_lbproxy(config_for(backends, drain=30.0), tmp_path / "lbproxy.toml")
     with socket.create_connection(("127.0.0.1", run.port)) as s:
         s.sendall(b"GET /echo HTTP/1.1\r\n" + H + b"\r\n")
         assert s.recv(65536).startswith(b"HTTP/1.1 200")
         start = time.monotonic()
-        rc = run.proxy.stop()
+        rc = run.stop()
         elapsed = time.monotonic() - start
         s.settimeout(5)
         assert s.recv(65536) == b"", "the idle keep-alive connection was not closed"
-    assert rc == 0, run.proxy.stderr()
+    assert rc == 0, run.stderr()
     assert elapsed < 5, "an idle keep-alive connection held the drain open"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_drains_an_in_flight_upload_then_exits_0(backends, tmp_path, sig) -> None:
-    run = start_proxy(render_for(backends), tmp_path / "lbproxy.toml")
-    body = pattern(8 << 20, "drain-upload")
+    run = start_lbproxy(config_for(backends), tmp_path / "lbproxy.toml")
+    body = pattern(8 << 20)
     results: list[bytes] = []
     target = f"/echo/drain/{sig.name}"
 
@@ -128,7 +118,7 @@ def test_signal_drains_an_in_flight_upload_then_exits_0(backends, tmp_path, sig)
     main = backends["main"]
     try:
         assert wait_until(lambda: any(target.encode() in bytes(c.raw) for c in main.conns), 5)
-        run.proxy.proc.send_signal(sig)
+        run.send_signal(sig)
         # The listener closes at once: a new connection is refused or gets no response.
         time.sleep(0.2)
         try:
@@ -138,8 +128,8 @@ def test_signal_drains_an_in_flight_upload_then_exits_0(backends, tmp_path, sig)
             pass
         t.join(30)
     finally:
-        rc = run.proxy.stop()
-    assert rc == 0, run.proxy.stderr()
+        rc = run.stop()
+    assert rc == 0, run.stderr()
     assert results, "the upload did not finish"
     doc = json.loads(results[0])
     assert doc["body_len"] == len(body)
@@ -147,7 +137,7 @@ def test_signal_drains_an_in_flight_upload_then_exits_0(backends, tmp_path, sig)
 
 
 def test_response_in_flight_during_drain_says_connection_close(backends, tmp_path) -> None:
-    run = start_proxy(render_for(backends), tmp_path / "lbproxy.toml")
+    run = start_lbproxy(config_for(backends), tmp_path / "lbproxy.toml")
     replies = []
     target = b"/slow/1.0?" + uuid.uuid4().hex.encode()
     client = threading.Thread(target=lambda: replies.append(
@@ -156,26 +146,23 @@ def test_response_in_flight_during_drain_says_connection_close(backends, tmp_pat
         client.start()
         main = backends["main"]
         assert wait_until(lambda: any(target in bytes(c.raw) for c in main.conns), 5)
-        run.proxy.proc.send_signal(signal.SIGTERM)
+        run.send_signal(signal.SIGTERM)
         client.join(15)
     finally:
-        rc = run.proxy.stop()
-    assert rc == 0, run.proxy.stderr()
+        rc = run.stop()
+    assert rc == 0, run.stderr()
     (reply,) = replies
     assert reply.first.status == 200
-    assert "close" in reply.first.tokens("connection") and reply.closed
+    assert b"close" in reply.first.tokens(b"connection") and reply.closed
 
 
-def test_a_dead_backend_is_ejected_without_configuration(backends, tmp_path) -> None:
-    # CONTRACT: passive outlier detection needs no configuration. Round robin over a live
-    # backend and a closed port: each refused connect is retried on the live backend (retries
-    # are on by default), so no client sees a 502, and the dead one is still ejected.
-    def render(port: int, admin_port: int) -> str:
-        return toml_config(port, admin_port,
-                           {"pair": [backends["main"].address, f"127.0.0.1:{closed_port()}"]},
-                           [{"path_prefix": "/", "cluster": "pair"}])
-
-    run = start_proxy(render, tmp_path / "lbproxy.toml")
+def test_a_dead_backend_is_ejected_without_configuration(backends, tmp_path,
+                                                         refused_address) -> None:
+    # Passive outlier detection needs no configuration. Round robin over a live backend
+    # and a closed port: each refused connect is retried on the live backend (retries are
+    # on by default), so no client sees a 502, and the dead one is still ejected.
+    doc = config_doc({"pair": [backends["main"].address, refused_address]})
+    run = start_lbproxy(doc, tmp_path / "lbproxy.toml")
     try:
         statuses = []
         for i in range(30):
@@ -185,8 +172,8 @@ def test_a_dead_backend_is_ejected_without_configuration(backends, tmp_path) -> 
         with urllib.request.urlopen(f"{run.admin_url}/clusters", timeout=5) as resp:
             view = json.loads(resp.read())["clusters"]["pair"]["backends"]
     finally:
-        rc = run.proxy.stop()
-    assert rc == 0, run.proxy.stderr()
+        rc = run.stop()
+    assert rc == 0, run.stderr()
     assert statuses == [200] * 30, statuses
     dead = next(b for b in view if b["address"] != backends["main"].address)
     assert dead["healthy"] is False, view

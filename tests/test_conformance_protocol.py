@@ -16,22 +16,15 @@ import json
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
-from blackbox import (
-    Backends,
-    Response,
-    Running,
-    curl,
-    exchange,
-    parse_one,
-    pattern,
-    proxy_running,
-    toml_config,
-    wait_until,
-)
+from support.backends import Backends
+from support.configs import config_doc
+from support.subproc import LbproxyProcess, curl, lbproxy_running
+from support.waiting import wait_until
+from support.wire import Response, exchange, parse_response, pattern
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -47,32 +40,32 @@ def backends() -> Iterator[Backends]:
 
 
 @pytest.fixture(scope="module")
-def proxy(backends: Backends, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    def render(port: int, admin_port: int) -> str:
-        return toml_config(
-            port, admin_port,
-            {"main": [backends["main"].address],
-             "videos": [backends[n].address for n in VIDEO_BACKENDS]},
-            [{"path_prefix": "/v/", "cluster": "videos", "hash_on": "path_regex:^/v/([^/]+)/"},
-             {"path_prefix": "/r/", "cluster": "videos", "host": "special.test"},
-             {"path_prefix": "/r/", "cluster": "videos", "methods": ["PUT"]},
-             {"path_prefix": "/r/", "cluster": "videos", "headers": {"x-tenant": "blue"}},
-             {"path_prefix": "/q/", "cluster": "videos", "hash_on": "query:video"},
-             {"path_prefix": "/h/", "cluster": "videos", "hash_on": "header:x-video"},
-             {"path_prefix": "/c/", "cluster": "videos", "hash_on": "cookie:vid"},
-             {"path_prefix": "/", "cluster": "main"}],
-            policies={"videos": "maglev"},
-            timeouts={"upstream_idle": 5.0},
-            # Some tests make "main" fail on purpose; passive ejection must not make the
-            # outcome of later tests depend on their order.
-            cluster_extra="outlier_detection = { enabled = false }\n",
-        )
-
-    with proxy_running(render, tmp_path_factory.mktemp("protocol") / "lbproxy.toml") as run:
+def proxy(backends: Backends, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[LbproxyProcess]:
+    # Some tests make "main" fail on purpose; passive ejection must not make the outcome
+    # of later tests depend on their order.
+    no_ejection = {"enabled": False}
+    doc = config_doc(
+        {"main": {"policy": "round_robin", "backends": [backends["main"].address],
+                  "outlier_detection": no_ejection},
+         "videos": {"policy": "maglev",
+                    "backends": [backends[n].address for n in VIDEO_BACKENDS],
+                    "outlier_detection": no_ejection}},
+        [{"path_prefix": "/v/", "cluster": "videos", "hash_on": "path_regex:^/v/([^/]+)/"},
+         {"path_prefix": "/r/", "cluster": "videos", "host": "special.test"},
+         {"path_prefix": "/r/", "cluster": "videos", "methods": ["PUT"]},
+         {"path_prefix": "/r/", "cluster": "videos", "headers": {"x-tenant": "blue"}},
+         {"path_prefix": "/q/", "cluster": "videos", "hash_on": "query:video"},
+         {"path_prefix": "/h/", "cluster": "videos", "hash_on": "header:x-video"},
+         {"path_prefix": "/c/", "cluster": "videos", "hash_on": "cookie:vid"},
+         {"path_prefix": "/", "cluster": "main"}],
+        timeouts={"upstream_idle": 5.0},
+    )
+    with lbproxy_running(doc, tmp_path_factory.mktemp("protocol") / "lbproxy.toml") as run:
         yield run
 
 
-def echo(proxy: Running, head: bytes = b"", target: bytes = b"/echo") -> dict:
+def echo(proxy: LbproxyProcess, head: bytes = b"", target: bytes = b"/echo") -> dict:
     """GET `target` with extra `head` lines; the backend's JSON view of what it received."""
     reply = exchange(proxy.port, b"GET " + target + b" HTTP/1.1\r\n" + H + head
                      + b"Connection: close\r\n\r\n")
@@ -144,11 +137,11 @@ def test_hop_by_hop_response_headers_are_not_forwarded(proxy) -> None:
     reply = exchange(proxy.port, b"GET /hop HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
     resp = reply.first
     assert resp.status == 200 and resp.body == b"hop"
-    for hop in ("x-private", "keep-alive", "trailer", "upgrade", "proxy-connection"):
+    for hop in (b"x-private", b"keep-alive", b"trailer", b"upgrade", b"proxy-connection"):
         assert resp.header(hop) is None, hop
-    assert "x-private" not in resp.tokens("connection")
-    assert resp.header("x-kept") == "yes"
-    assert "lbproxy" in (resp.header("via") or "")
+    assert b"x-private" not in resp.tokens(b"connection")
+    assert resp.header(b"x-kept") == b"yes"
+    assert b"lbproxy" in (resp.header(b"via") or b"")
 
 
 # -- connection management ------------------------------------------------------------------
@@ -192,21 +185,21 @@ def test_http10_client_gets_a_framed_response_and_a_close(proxy) -> None:
 def test_http10_chunked_response_is_close_delimited(proxy) -> None:
     reply = exchange(proxy.port, b"GET /bytes/70000?chunked HTTP/1.0\r\n" + H + b"\r\n")
     resp = reply.first
-    assert resp.header("transfer-encoding") is None  # HTTP/1.0 has no chunked (RFC 9112 §7)
-    assert reply.closed and resp.body == pattern(70000, "70000")
+    assert resp.header(b"transfer-encoding") is None  # HTTP/1.0 has no chunked (RFC 9112 §7)
+    assert reply.closed and resp.body == pattern(70000)
 
 
 def test_http10_keep_alive_is_honoured_when_asked(proxy) -> None:
     one = b"GET /echo HTTP/1.0\r\n" + H + b"Connection: keep-alive\r\n\r\n"
     reply = exchange(proxy.port, [one, b"GET /echo/2 HTTP/1.0\r\n" + H + b"\r\n"], pause=0.3)
     first, second = reply.responses()
-    assert "keep-alive" in first.tokens("connection")
+    assert b"keep-alive" in first.tokens(b"connection")
     assert json.loads(second.body)["target"] == "/echo/2"
     assert reply.closed
 
 
 def test_expect_100_continue_with_curl_sends_exactly_one_100(proxy, backends) -> None:
-    body = pattern(5000, "expect")
+    body = pattern(5000)
     out = curl("-v", "-H", "Expect: 100-continue", "--data-binary", "@-",
                f"{proxy.url}/echo/expect", data=body)
     assert out.returncode == 0, out.stderr
@@ -222,17 +215,17 @@ def test_head_204_304_have_no_body(proxy) -> None:
            b"GET /status/304 HTTP/1.1\r\n" + H + b"\r\n"
            b"GET /echo/after HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
     reply = exchange(proxy.port, raw)
-    head, rest = parse_one(reply.raw, no_body=True)
+    head, rest = parse_response(reply.raw, bodiless=True)
     assert head is not None and head.status == 200
-    assert int(head.header("content-length") or -1) > 0  # HEAD keeps the length
-    no_content, rest = parse_one(rest)
-    not_modified, rest = parse_one(rest)
-    after, rest = parse_one(rest)
+    assert int(head.header(b"content-length") or -1) > 0  # HEAD keeps the length
+    no_content, rest = parse_response(rest)
+    not_modified, rest = parse_response(rest)
+    after, rest = parse_response(rest)
     assert no_content is not None and no_content.status == 204
-    assert no_content.header("content-length") is None
-    assert no_content.header("transfer-encoding") is None
+    assert no_content.header(b"content-length") is None
+    assert no_content.header(b"transfer-encoding") is None
     assert not_modified is not None and not_modified.status == 304
-    assert not_modified.header("etag") == '"e1"'
+    assert not_modified.header(b"etag") == b'"e1"'
     # Any body bytes after the bodiless responses would shift this one.
     assert after is not None and json.loads(after.body)["target"] == "/echo/after"
     assert rest == b""
@@ -241,16 +234,16 @@ def test_head_204_304_have_no_body(proxy) -> None:
 def test_range_request_passes_206_through(proxy) -> None:
     out = curl("-i", "-r", "10-19", f"{proxy.url}/range")
     assert out.returncode == 0, out.stderr
-    resp, _ = parse_one(out.stdout)
+    resp, _ = parse_response(out.stdout)
     assert resp is not None and resp.status == 206
-    assert resp.header("content-range") == "bytes 10-19/1000"
-    assert resp.body == pattern(1000, "range")[10:20]
+    assert resp.header(b"content-range") == b"bytes 10-19/1000"
+    assert resp.body == pattern(1000)[10:20]
 
 
 @pytest.mark.parametrize("how", [["-T", "-"], ["-H", "Transfer-Encoding: chunked",
                                                "--data-binary", "@-"]])
 def test_chunked_upload_with_curl_is_byte_exact(proxy, how) -> None:
-    body = pattern(3 << 20, "upload")
+    body = pattern(3 << 20)
     out = curl(*how, "-H", "Expect:", f"{proxy.url}/echo/upload", data=body)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
@@ -266,7 +259,7 @@ def test_64mib_download_with_curl_is_byte_exact(proxy, tmp_path) -> None:
     out = curl("-o", str(dest), "-w", "%{http_code} %{size_download}",
                f"{proxy.url}/bytes/{size}", timeout=120)
     assert out.returncode == 0 and out.stdout == f"200 {size}".encode(), out.stderr
-    want = hashlib.sha256(pattern(size, str(size))).hexdigest()
+    want = hashlib.sha256(pattern(size)).hexdigest()
     assert hashlib.sha256(dest.read_bytes()).hexdigest() == want
 
 
@@ -275,7 +268,7 @@ async def test_chunked_download_with_aiohttp_is_byte_exact(proxy) -> None:
     async with aiohttp.ClientSession() as s, s.get(f"{proxy.url}/bytes/{size}?chunked") as r:
         assert r.status == 200 and r.headers.get("Transfer-Encoding") == "chunked"
         got = await r.read()
-    assert got == pattern(size, str(size))
+    assert got == pattern(size)
 
 
 @pytest.mark.parametrize("kind", ["cl", "chunked"])
@@ -305,7 +298,7 @@ def test_client_abort_mid_upload_never_completes_the_backend_request(proxy, back
     conn = next(c for c in main.conns if target.encode() in bytes(c.raw))
     assert wait_until(lambda: conn.closed), "the upstream connection stayed open"
     assert conn.incomplete
-    assert not [r for r in main.requests() if r.target == target]
+    assert not [r for r in main.requests if r.target == target.encode()]
 
 
 # -- video hash affinity ----------------------------------------------------------------------
@@ -352,14 +345,14 @@ def test_half_closed_client_still_gets_its_response(proxy) -> None:
 # -- unusual but valid backend responses ----------------------------------------------------
 
 
-def raw_then_next(proxy: Running, name: str, method: bytes = b"GET", minor: bytes = b"1"
+def raw_then_next(proxy: LbproxyProcess, name: str, method: bytes = b"GET", minor: bytes = b"1"
                   ) -> tuple[bytes, Response | None, Response | None]:
     """GET /raw/NAME then a pipelined /echo/next: (raw reply, first, next response)."""
     reply = exchange(proxy.port, method + b" /raw/" + name.encode() + b" HTTP/1." + minor
                      + b"\r\n" + H + b"\r\nGET /echo/next HTTP/1.1\r\n" + H
                      + b"Connection: close\r\n\r\n")
-    first, rest = parse_one(reply.raw, no_body=method == b"HEAD")
-    nxt, _ = parse_one(rest)
+    first, rest = parse_response(reply.raw, bodiless=method == b"HEAD")
+    nxt, _ = parse_response(rest)
     return reply.raw, first, nxt
 
 
@@ -370,7 +363,7 @@ def test_103_early_hints_is_forwarded_to_http11_clients(proxy) -> None:
     assert b"< HTTP/1.1 103" in out.stderr and b"rel=preload" in out.stderr, out.stderr
     raw, first, nxt = raw_then_next(proxy, "early-hints")
     assert raw.startswith(b"HTTP/1.1 103 ")
-    assert first is not None and first.status == 103 and first.header("link")
+    assert first is not None and first.status == 103 and first.header(b"link")
     assert nxt is not None and nxt.status == 200 and nxt.body == b"hints"
 
 
@@ -384,7 +377,7 @@ def test_1xx_is_never_sent_to_an_http10_client(proxy) -> None:
 def test_close_delimited_response_is_rechunked_for_http11(proxy) -> None:
     _raw, first, nxt = raw_then_next(proxy, "close-delimited")
     assert first is not None and first.status == 200 and first.body == b"d" * 3000
-    assert first.header("transfer-encoding") == "chunked"  # RFC 9112 §6.3 item 8
+    assert first.header(b"transfer-encoding") == b"chunked"  # RFC 9112 §6.3 item 8
     # The client connection outlives the backend's close: the next request is served.
     assert nxt is not None and json.loads(nxt.body)["target"] == "/echo/next"
 
@@ -413,8 +406,8 @@ def test_bytes_after_a_complete_response_answer_nothing(proxy, backends, name) -
     first, nxt = reply.responses()
     assert first.body == b"hello"
     assert json.loads(nxt.body)["target"] == f"/echo/after-{name}"
-    reqs = backends["main"].requests()
-    raw_conn = next(r.conn for r in reversed(reqs) if r.target == f"/raw/{name}")
+    reqs = backends["main"].requests
+    raw_conn = next(r.conn for r in reversed(reqs) if r.target == f"/raw/{name}".encode())
     assert reqs[-1].conn != raw_conn
 
 
@@ -427,14 +420,14 @@ def test_head_response_with_chunked_framing_has_no_body(proxy) -> None:
 def test_304_keeps_its_content_length_and_sends_no_body(proxy) -> None:
     _raw, first, nxt = raw_then_next(proxy, "304-with-length")
     assert first is not None and first.status == 304
-    assert first.header("content-length") == "1234"  # RFC 9110 §8.6
+    assert first.header(b"content-length") == b"1234"  # RFC 9110 §8.6
     assert nxt is not None and json.loads(nxt.body)["target"] == "/echo/next"
 
 
 def test_oversized_response_head_is_502(proxy) -> None:
     reply = exchange(proxy.port, b"GET /raw/huge-header HTTP/1.1\r\n" + H + b"\r\n")
     resp = reply.first
-    assert resp.status == 502 and resp.header("x-lbproxy-error")
+    assert resp.status == 502 and resp.header(b"x-lbproxy-error")
     assert reply.closed
 
 
@@ -486,18 +479,18 @@ def test_set_cookie_fields_stay_separate(proxy) -> None:
     # RFC 9110 §5.3: Set-Cookie cannot be combined into one field line.
     _raw, first, _ = raw_then_next(proxy, "set-cookies")
     assert first is not None
-    assert [v for n, v in first.headers if n.lower() == "set-cookie"] == ["a=1; Path=/",
-                                                                          "b=2, c"]
+    assert [v for n, v in first.headers if n.lower() == b"set-cookie"] == [b"a=1; Path=/",
+                                                                            b"b=2, c"]
 
 
 def test_obs_text_in_a_response_value_is_relayed_unchanged(proxy) -> None:
     _raw, first, _ = raw_then_next(proxy, "obs-text")
-    assert first is not None and first.header("x-latin") == "caf\xe9"
+    assert first is not None and first.header(b"x-latin") == b"caf\xe9"
 
 
 def test_nul_in_a_response_header_is_502(proxy) -> None:
     reply = exchange(proxy.port, b"GET /raw/nul-in-header HTTP/1.1\r\n" + H + b"\r\n")
-    assert reply.first.status == 502 and reply.first.header("x-lbproxy-error")
+    assert reply.first.status == 502 and reply.first.header(b"x-lbproxy-error")
     assert b"a\x00b" not in reply.raw
 
 
@@ -526,7 +519,7 @@ def test_nothing_after_connection_close_is_processed(proxy, backends) -> None:
                      b"\r\n\r\nGET /echo/ignored-" + tag + b" HTTP/1.1\r\n" + H + b"\r\n")
     (only,) = reply.responses()
     assert json.loads(only.body)["target"] == "/echo/closing"
-    assert "close" in only.tokens("connection") and reply.closed
+    assert b"close" in only.tokens(b"connection") and reply.closed
     time.sleep(0.1)
     assert not any(tag in bytes(c.raw) for c in backends["main"].conns)
 
@@ -536,13 +529,13 @@ def test_backend_connection_close_does_not_close_the_client(proxy) -> None:
     # says nothing about the client's.
     _raw, first, nxt = raw_then_next(proxy, "conn-close")
     assert first is not None and first.body == b"ok"
-    assert "close" not in first.tokens("connection")
+    assert b"close" not in first.tokens(b"connection")
     assert nxt is not None and json.loads(nxt.body)["target"] == "/echo/next"
 
 
 def test_response_via_is_appended(proxy) -> None:
     _raw, first, _ = raw_then_next(proxy, "via")
-    assert first is not None and first.header("via") == "1.1 origin-cache, 1.1 lbproxy"
+    assert first is not None and first.header(b"via") == b"1.1 origin-cache, 1.1 lbproxy"
 
 
 @pytest.mark.parametrize("target", [b"/echo?", b"/echo/%2e%2e/x?a=%20&b", b"/echo/a;b,c@d:e",
@@ -557,9 +550,9 @@ def test_upstream_connections_are_reused_across_client_connections(proxy, backen
 
 
 async def test_aiohttp_expect_100_and_streamed_chunked_upload(proxy) -> None:
-    body = pattern(2 << 20, "aiohttp-up")
+    body = pattern(2 << 20)
 
-    async def pieces():  # type: ignore[no-untyped-def]
+    async def pieces() -> AsyncIterator[bytes]:
         for i in range(0, len(body), 100_000):
             yield body[i : i + 100_000]
 
@@ -589,7 +582,7 @@ def test_http_client_chunked_upload(proxy) -> None:
 def test_pipelined_upload_behind_a_slow_response_is_held_then_forwarded(proxy) -> None:
     # The second request's 1 MiB body arrives while the first is still being answered:
     # the proxy holds a bounded amount, stops reading, and forwards it intact later.
-    body = pattern(1 << 20, "held")
+    body = pattern(1 << 20)
     reply = exchange(proxy.port, b"GET /slow/0.5 HTTP/1.1\r\n" + H + b"\r\n"
                      + b"POST /echo/held HTTP/1.1\r\n" + H
                      + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body,

@@ -9,7 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 import trustme
-from blackbox import Backends, Running, curl, proxy_running, toml_config
+from support.backends import Backends
+from support.configs import config_doc
+from support.subproc import LbproxyProcess, curl, lbproxy_running
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -22,28 +24,24 @@ def ca() -> trustme.CA:
 
 
 @pytest.fixture(scope="module")
-def proxy(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+def proxy(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[LbproxyProcess]:
     tmp = tmp_path_factory.mktemp("tls")
     cert = ca.issue_cert("127.0.0.1", "localhost")
     cert.private_key_and_cert_chain_pem.write_to_path(str(tmp / "server.pem"))
     ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
     backends = Backends(["main"])
-
-    def render(port: int, admin_port: int) -> str:
-        text = toml_config(port, admin_port, {"main": [backends["main"].address]},
-                           [{"path_prefix": "/", "cluster": "main"}])
-        pem = tmp / "server.pem"
-        return text.replace("[admin]", f'[listener.tls]\ncert = "{pem}"\nkey = "{pem}"\n\n'
-                            "[admin]", 1)
-
+    pem = str(tmp / "server.pem")
+    doc = config_doc({"main": [backends["main"].address]},
+                     listener={"tls": {"cert": pem, "key": pem}})
     try:
-        with proxy_running(render, tmp / "lbproxy.toml") as run:
+        with lbproxy_running(doc, tmp / "lbproxy.toml") as run:
             yield run
     finally:
         backends.close()
 
 
-def tls_exchange(proxy: Running, ca: trustme.CA, data: bytes) -> bytes:
+def tls_exchange(proxy: LbproxyProcess, ca: trustme.CA, data: bytes) -> bytes:
     """Send `data` over TLS and read until the proxy closes."""
     ctx = ssl.create_default_context()
     ca.configure_trust(ctx)

@@ -4,12 +4,12 @@ import asyncio
 import hashlib
 import io
 import json
-import re
 import subprocess
 
 import aiohttp
 import pytest
-from ctl_support import fixed_ports_free, spawn, stop, wait_for_lines
+from support.subproc import ADMIN, LbproxyProcess, skip_if_port_taken
+from support.waiting import until
 
 from lbproxy import demo
 
@@ -107,19 +107,15 @@ async def test_sink_hashes_content_length_chunked_and_expect_continue(sink):
 
 
 async def test_lbproxy_demo_answers_its_printed_curl_examples():
-    if not fixed_ports_free(8080, 9901):
-        pytest.skip("127.0.0.1:8080 or :9901 is in use by another process")
-    proc = await spawn("demo", dataplane=None)
+    proc = LbproxyProcess("demo")
     try:
-        found, seen = await wait_for_lines(proc, re.compile(rb"admin API on"), 1, timeout=60)
+        found, seen = await proc.expect_async(ADMIN, 1, timeout=60)
+        if not found:
+            skip_if_port_taken(proc, 8080, 9901)  # the demo binds these fixed ports
         assert found, seen
-        assert proc.stdout is not None
-        printed = b""
-        while b"Ctrl-C" not in printed:
-            line = await asyncio.wait_for(proc.stdout.readline(), 10)
-            assert line, printed
-            printed += line
-        examples = [ln.strip() for ln in printed.decode().splitlines()
+        assert await until(lambda: "Ctrl-C" in proc.stdout(), timeout=10), proc.stdout()
+        printed = proc.stdout()
+        examples = [ln.strip() for ln in printed.splitlines()
                     if ln.strip().startswith(("curl", "printf"))]
         assert len(examples) == 5, printed
         out = {}
@@ -141,5 +137,5 @@ async def test_lbproxy_demo_answers_its_printed_curl_examples():
         assert doc["uploads"]["policy"] == "p2c" and len(doc["uploads"]["backends"]) == 2
         assert json.loads(ready) == {"ready": True}
     finally:
-        rc, err = await stop(proc)
-    assert rc == 0, err
+        rc = await proc.stop_async()
+    assert rc == 0, proc.stderr()

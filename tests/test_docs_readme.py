@@ -6,7 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from blackbox import LBPROXY
+from support.subproc import LBPROXY
 from test_conformance_cli import CONTRACT_TOML
 
 from lbproxy import demo

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import trustme
-from blackbox import LBPROXY
+from support.subproc import LBPROXY
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 TLS_PATHS = {"cert": "/etc/lbproxy/tls/fullchain.pem", "key": "/etc/lbproxy/tls/privkey.pem"}

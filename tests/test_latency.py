@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lbproxy.balance import latency
-from lbproxy.balance.gate import ClusterState, Outcome
+from lbproxy.balance.gate import ClusterState, Lease, Outcome
 from lbproxy.balance.latency import N_BUCKETS, bucket_bounds_us, bucket_index
 from lbproxy.control.config import ClusterConfig
 
@@ -58,6 +58,7 @@ def test_lease_end_records_the_real_latency_not_the_failure_penalty():
 
     cluster = Cluster("c", ClusterConfig(backends=["127.0.0.1:1"]), state)
     lease = cluster.begin(b"k", 0)
+    assert isinstance(lease, Lease)
     lease.end(Outcome.CONNECT_FAILED, 2_000_000)  # failed after 2 ms
     c = state.counters[0]
     assert c.latency[bucket_index(2_000_000)] == 1 and c.latency_ns == 2_000_000

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 
 import pytest
-from ctl_support import LISTENING, STANDIN, http_get, spawn, stop, toml_config, wait_started
+from support.configs import segments_doc
+from support.subproc import LISTENING, STANDIN, LbproxyProcess, listening_ports, write_config
+from support.waiting import until
+from support.wire import http_get
 
 from lbproxy.process import logs
 
@@ -21,6 +23,13 @@ pytestmark = pytest.mark.timeout(90)
 # TIME lbproxy[PID] LEVEL LOGGER: message
 LINE = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) lbproxy\[(\d+)\] "
                   rb"(DEBUG|INFO|WARNING|ERROR|CRITICAL) ([\w.]+): (.*)$")
+
+
+def _parse(line: bytes) -> re.Match[bytes]:
+    """`line` matched by LINE; fails the test, showing the line, when it does not match."""
+    m = LINE.match(line)
+    assert m, line[:200]
+    return m
 
 
 @pytest.fixture
@@ -62,13 +71,13 @@ def test_configure_sets_lbproxy_s_level_and_keeps_libraries_at_warning(root_logg
         logging.getLogger("asyncio").info("a library's info")
         logging.getLogger("asyncio").warning("a library's warning")
         lines = _written(r)
-        assert [LINE.match(ln).group(3, 4, 5) for ln in lines] == [
+        assert [_parse(ln).group(3, 4, 5) for ln in lines] == [
             (b"DEBUG", b"lbproxy.process.test", b"ours at debug"),
             (b"WARNING", b"asyncio", b"a library's warning")]
         logs.configure("warning", fd=w)  # again: replaces the handler, never adds a second
         logging.getLogger("lbproxy.process.test").info("ours at info")
         logging.getLogger("lbproxy.process.test").error("ours at error")
-        assert [LINE.match(ln).group(5) for ln in _written(r)] == [b"ours at error"]
+        assert [_parse(ln).group(5) for ln in _written(r)] == [b"ours at error"]
         assert sum(isinstance(h, logs.LineHandler) for h in logging.getLogger().handlers) == 1
     finally:
         os.close(r)
@@ -109,22 +118,15 @@ def test_lines_from_processes_sharing_stderr_never_interleave():
     assert seen == {b"A": list(range(count)), b"B": list(range(count))}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_run_at_info_logs_formatted_lines_from_supervisor_and_workers(tmp_path):
-    path = tmp_path / "c.toml"
-    path.write_text(toml_config("127.0.0.1:0", "127.0.0.1:0"))
-    proc = await spawn("run", "-c", str(path), "--workers", "2", dataplane=STANDIN)
+    path = write_config(tmp_path / "c.toml", segments_doc())
+    proc = LbproxyProcess("run", "-c", str(path), "--workers", "2", dataplane=STANDIN)
     try:
-        _, _, seen = await wait_started(proc, 2)
+        assert await proc.ready_async(2), proc.stderr()
     finally:
-        rc, rest = await stop(proc)
-    assert rc == 0, rest
-    lines = (seen + rest).splitlines()
+        rc = await proc.stop_async()
+    assert rc == 0, proc.stderr()
+    lines = proc.stderr().encode().splitlines()
     parsed = [LINE.match(ln) for ln in lines]
     assert all(parsed), lines
     def first(prefix: bytes) -> re.Match[bytes]:
@@ -135,39 +137,44 @@ async def test_run_at_info_logs_formatted_lines_from_supervisor_and_workers(tmp_
                            (b"draining", b"lbproxy.process.supervisor"),
                            (b"stopped", b"lbproxy.process.supervisor")]:
         assert first(prefix).group(3, 4) == (b"INFO", logger), lines
-    worker_pids = {m.group(2) for m in parsed if m and LISTENING.search(m.group(5))}
+    worker_pids = {m.group(2) for m in parsed if m and LISTENING.search(m.group(5).decode())}
     assert len(worker_pids) == 2  # each worker writes its own lines, under its own pid
     assert first(b"admin API on").group(2) not in worker_pids
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 async def test_run_at_warning_logs_no_info_line(tmp_path, workers):
-    admin_port = _free_port()
-    path = tmp_path / "c.toml"
-    path.write_text(toml_config("127.0.0.1:0", f"127.0.0.1:{admin_port}"))
-    proc = await spawn("run", "-c", str(path), "--workers", workers, "--log-level", "warning",
-                       dataplane=STANDIN)
+    path = write_config(tmp_path / "c.toml", segments_doc())
+    proc = LbproxyProcess("run", "-c", str(path), "--workers", workers,
+                          "--log-level", "warning", dataplane=STANDIN)
+
+    async def admin_ready() -> bool:
+        # No "admin API on" line at this level: the admin API is the socket of this process
+        # that answers /ready as the admin API does (the stand-in data plane says pid=N).
+        for port in listening_ports(proc.pid):
+            with contextlib.suppress(OSError, ValueError):
+                status, body = await http_get("127.0.0.1", port, "/ready")
+                if status == 200 and json.loads(body) == {"ready": True}:
+                    return True
+        return False
+
     try:
-        ready = False
-        for _ in range(200):  # bounded: no "listening" line to wait for at this level
-            with contextlib.suppress(OSError):
-                ready = (await http_get("127.0.0.1", admin_port, "/ready"))[0] == 200
-            if ready:
-                break
-            await asyncio.sleep(0.05)
-        assert ready
+        assert await until(admin_ready, timeout=10, interval=0.05)
     finally:
-        rc, err = await stop(proc)
+        rc = await proc.stop_async()
+    err = proc.stderr().encode()
     assert rc == 0, err
     assert b" INFO " not in err and b"listening on" not in err, err
 
 
 async def test_run_logs_an_invalid_config_as_error_lines(tmp_path):
-    path = tmp_path / "bad.toml"
-    path.write_text(toml_config("127.0.0.1:0", "127.0.0.1:0").replace('"maglev"', '"random"'))
-    proc = await spawn("run", "-c", str(path), dataplane=STANDIN)
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 1
-    parsed = [LINE.match(ln) for ln in err.splitlines()]
+    doc = segments_doc()
+    doc["clusters"]["segments"]["policy"] = "random"
+    path = write_config(tmp_path / "bad.toml", doc)
+    proc = LbproxyProcess("run", "-c", str(path), dataplane=STANDIN)
+    assert await proc.wait_async(30) == 1
+    err = proc.stderr().encode()
+    lines = err.splitlines()
+    parsed = [LINE.match(ln) for ln in lines]
     assert parsed and all(m and m.group(3, 4) == (b"ERROR", b"lbproxy.cli") for m in parsed), err
-    assert b"clusters.segments.policy" in parsed[0].group(5)
-    assert parsed[-1].group(5) == f"invalid config {path}; not starting".encode()
+    assert b"clusters.segments.policy" in _parse(lines[0]).group(5)
+    assert _parse(lines[-1]).group(5) == f"invalid config {path}; not starting".encode()

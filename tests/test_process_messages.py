@@ -14,7 +14,7 @@ import sys
 import tomllib
 
 import pytest
-from ctl_support import STANDIN, subprocess_env
+from support.subproc import STANDIN, subprocess_env
 from test_config import CONTRACT_TOML
 
 from lbproxy.admin import stats

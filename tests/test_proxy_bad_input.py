@@ -7,7 +7,9 @@ even see a connection, because nothing is forwarded until the head is fully vali
 from __future__ import annotations
 
 import pytest
-from proxy_harness import Backend, exchange, header_of, on_uvloop, running, status_of
+from support.backends import Backend
+from support.inproc import on_uvloop, running
+from support.wire import Client, exchange_async, parse_response
 
 from lbproxy.proxy import errors
 
@@ -102,12 +104,12 @@ async def test_malformed_request_is_rejected_before_the_backend(
 ) -> None:
     backend = Backend()
     async with running(backend) as proxy:
-        out = await exchange(proxy.port, raw)
-    assert status_of(out) == status, out
-    assert header_of(out, b"x-lbproxy-error") == code
-    assert header_of(out, b"connection") == b"close"
-    body = out.split(b"\r\n\r\n", 1)[1]
-    assert header_of(out, b"content-length") == b"%d" % len(body)
+        out = await exchange_async(proxy.port, raw)
+    assert out.first.status == status, out
+    assert out.first.header(b"x-lbproxy-error") == code
+    assert out.first.header(b"connection") == b"close"
+    body = out.raw.split(b"\r\n\r\n", 1)[1]
+    assert out.first.header(b"content-length") == b"%d" % len(body)
     assert backend.connections == 0 and not backend.raw
 
 
@@ -115,11 +117,12 @@ async def test_malformed_request_is_rejected_before_the_backend(
 async def test_request_line_too_long_is_414() -> None:
     backend = Backend()
     async with running(backend, limits={"max_request_line": 1024}) as proxy:
-        out = await exchange(proxy.port, b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\n" + H + b"\r\n")
+        out = await exchange_async(proxy.port,
+                                   b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\n" + H + b"\r\n")
         # the limit is enforced while the line is still arriving, too
-        partial = await exchange(proxy.port, b"GET /" + b"a" * 5000)
-    assert status_of(out) == 414 and header_of(out, b"x-lbproxy-error") == b"uri_too_long"
-    assert status_of(partial) == 414
+        partial = await exchange_async(proxy.port, b"GET /" + b"a" * 5000)
+    assert out.first.status == 414 and out.first.header(b"x-lbproxy-error") == b"uri_too_long"
+    assert partial.first.status == 414
     assert backend.connections == 0
 
 
@@ -136,8 +139,8 @@ async def test_headers_too_large_is_431(case: str) -> None:
     else:
         raw = b"GET / HTTP/1.1\r\n" + H + b"X-Big: " + b"v" * 200_000
     async with running(backend, limits=limits) as proxy:
-        out = await exchange(proxy.port, raw)
-    assert status_of(out) == 431 and header_of(out, b"x-lbproxy-error") == b"headers_too_large"
+        out = await exchange_async(proxy.port, raw)
+    assert out.first.status == 431 and out.first.header(b"x-lbproxy-error") == b"headers_too_large"
     assert backend.connections == 0
 
 
@@ -146,12 +149,12 @@ async def test_content_length_over_route_limit_is_413_before_forwarding() -> Non
     backend = Backend()
     routes = [{"path_prefix": "/", "cluster": "c", "max_body_bytes": 100}]
     async with running(backend, routes=routes) as proxy:
-        out = await exchange(proxy.port, b"POST / HTTP/1.1\r\n" + H +
+        out = await exchange_async(proxy.port, b"POST / HTTP/1.1\r\n" + H +
                              b"Content-Length: 101\r\n\r\n" + b"x" * 101)
-        ok = await exchange(proxy.port, b"POST / HTTP/1.1\r\n" + H +
+        ok = await exchange_async(proxy.port, b"POST / HTTP/1.1\r\n" + H +
                             b"Content-Length: 100\r\nConnection: close\r\n\r\n" + b"x" * 100)
-    assert status_of(out) == 413 and header_of(out, b"x-lbproxy-error") == b"body_too_large"
-    assert status_of(ok) == 200
+    assert out.first.status == 413 and out.first.header(b"x-lbproxy-error") == b"body_too_large"
+    assert ok.first.status == 200
     assert len(backend.requests) == 1 and backend.requests[0].body_len == 100
 
 
@@ -159,15 +162,13 @@ async def test_content_length_over_route_limit_is_413_before_forwarding() -> Non
 async def test_chunked_body_over_limit_is_413_and_excess_never_forwarded() -> None:
     backend = Backend()
     async with running(backend, limits={"max_body_bytes": 100}) as proxy:
-        from proxy_harness import Client
-
         c = await Client.connect(proxy.port)
         await c.send(b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
                      b"3c\r\n" + b"a" * 60 + b"\r\n")
         await c.send(b"3c\r\n" + b"b" * 60 + b"\r\n")  # running total 120 > 100
         out = await c.read_all()
         c.close()
-    assert status_of(out) == 413
+    assert out.first.status == 413
     # whatever reached the backend is the first 60 bytes at most, never a byte of "b"
     assert b"b" * 10 not in bytes(backend.raw)
     assert not backend.requests  # the upstream request never completed
@@ -177,10 +178,10 @@ async def test_chunked_body_over_limit_is_413_and_excess_never_forwarded() -> No
 async def test_pipelined_bad_request_answered_after_the_good_one() -> None:
     backend = Backend()
     async with running(backend) as proxy:
-        out = await exchange(proxy.port, b"GET /good HTTP/1.1\r\n" + H + b"\r\n"
+        out = await exchange_async(proxy.port, b"GET /good HTTP/1.1\r\n" + H + b"\r\n"
                              b"GET /bad HTTP/1.1\r\n\r\n")
-    first, _, rest = out.partition(b"ok")
-    assert status_of(first) == 200 and status_of(rest) == 400
+    first, rest = out.responses()
+    assert first.status == 200 and rest.status == 400
     assert [r.target for r in backend.requests] == [b"/good"]
 
 
@@ -188,10 +189,12 @@ async def test_pipelined_bad_request_answered_after_the_good_one() -> None:
                                  errors.NO_ROUTE_CLOSE], ids=lambda e: f"{e.status}-{e.code}")
 def test_every_error_response_is_well_formed(err: errors.ProxyError) -> None:
     body = err.wire.partition(b"\r\n\r\n")[2]
-    assert status_of(err.wire) == err.status
-    assert header_of(err.wire, b"x-lbproxy-error") == err.code.encode()
-    assert header_of(err.wire, b"content-length") == b"%d" % len(body)
+    resp, _ = parse_response(err.wire)
+    assert resp is not None
+    assert resp.status == err.status
+    assert resp.header(b"x-lbproxy-error") == err.code.encode()
+    assert resp.header(b"content-length") == b"%d" % len(body)
     assert body == err.reason.encode() + b"\n"
-    assert (header_of(err.wire, b"connection") == b"close") == err.close
+    assert (resp.header(b"connection") == b"close") == err.close
     if err.status == 503:
-        assert header_of(err.wire, b"retry-after") == b"1"
+        assert resp.header(b"retry-after") == b"1"

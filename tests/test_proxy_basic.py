@@ -5,19 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from proxy_harness import (
-    Backend,
-    Client,
-    Reply,
-    Request,
-    exchange,
-    header_of,
-    on_uvloop,
-    pattern,
-    pattern_sha,
-    running,
-    status_of,
-)
+from support.backends import Answer, Backend, Conn
+from support.inproc import InProcProxy, make_config, on_uvloop, running
+from support.wire import Client, Request, exchange_async, pattern, pattern_pieces, pattern_sha
 
 SIZES = [0, 1, 64 * 1024]
 
@@ -26,7 +16,7 @@ SIZES = [0, 1, 64 * 1024]
 @pytest.mark.parametrize("chunked", [False, True], ids=["fixed", "chunked"])
 @on_uvloop
 async def test_download_round_trip_is_byte_exact(size: int, chunked: bool) -> None:
-    backend = Backend(lambda req: Reply(size=size, chunked=chunked))
+    backend = Backend(lambda req: Answer(size=size, chunked=chunked))
     async with running(backend) as proxy:
         c = await Client.connect(proxy.port)
         await c.send(b"GET /d HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -49,7 +39,7 @@ async def test_upload_round_trip_is_byte_exact(size: int, chunked: bool) -> None
         c = await Client.connect(proxy.port)
         framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % size
         await c.send(b"POST /upload HTTP/1.1\r\nHost: a\r\n" + framing + b"\r\n\r\n")
-        await c.send_stream(pattern(size, 7000), chunked=chunked)
+        await c.send_stream(pattern_pieces(size, 7000), chunked=chunked)
         resp = await c.response()
         c.close()
     assert resp.status == 200
@@ -65,7 +55,7 @@ async def test_upload_round_trip_is_byte_exact(size: int, chunked: bool) -> None
 
 @on_uvloop
 async def test_headers_added_and_hop_by_hop_removed() -> None:
-    backend = Backend(lambda req: Reply(headers=[
+    backend = Backend(lambda req: Answer(headers=[
         (b"Connection", b"x-secret-hop"), (b"X-Secret-Hop", b"1"), (b"Keep-Alive", b"timeout=5"),
         (b"Upgrade", b"h2c"), (b"Proxy-Connection", b"keep-alive"), (b"Trailer", b"x"),
         (b"Via", b"1.1 origin"), (b"X-Kept", b"yes"),
@@ -81,7 +71,7 @@ async def test_headers_added_and_hop_by_hop_removed() -> None:
         resp = await c.response()
         c.close()
     (req,) = backend.requests
-    names = {n for n, _ in req.headers}
+    names = {n.lower() for n, _ in req.headers}
     for hop in (b"connection", b"x-drop", b"keep-alive", b"te", b"trailer", b"proxy-connection"):
         assert hop not in names
     assert req.target == b"/p?q=1"
@@ -91,7 +81,7 @@ async def test_headers_added_and_hop_by_hop_removed() -> None:
     assert req.header(b"x-forwarded-proto") == b"http"
     assert req.header(b"via") == b"1.0 edge, 1.1 lbproxy"
     assert req.header(b"x-request-id") == b"abc.DEF-12:3_"
-    rnames = {n for n, _ in resp.headers}
+    rnames = {n.lower() for n, _ in resp.headers}
     for hop in (b"x-secret-hop", b"keep-alive", b"upgrade", b"proxy-connection", b"trailer"):
         assert hop not in rnames
     assert resp.header(b"connection") is None
@@ -104,9 +94,10 @@ async def test_headers_added_and_hop_by_hop_removed() -> None:
 async def test_invalid_request_id_is_replaced(rid: bytes) -> None:
     backend = Backend()
     async with running(backend) as proxy:
-        await exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: " + rid +
-                       b"\r\nConnection: close\r\n\r\n")
-        await exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        await exchange_async(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: " + rid
+                             + b"\r\nConnection: close\r\n\r\n")
+        await exchange_async(proxy.port,
+                             b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     ids = [r.header(b"x-request-id") for r in backend.requests]
     assert len(ids) == 2 and ids[0] != ids[1]
     for got in ids:
@@ -135,7 +126,7 @@ async def test_keep_alive_reuses_upstream_connection() -> None:
 
 @on_uvloop
 async def test_upstream_connection_not_reused_after_connection_close() -> None:
-    backend = Backend(lambda req: Reply(headers=[(b"Connection", b"close")]))
+    backend = Backend(lambda req: Answer(headers=[(b"Connection", b"close")]))
     async with running(backend) as proxy:
         c = await Client.connect(proxy.port)
         for _ in range(3):
@@ -149,7 +140,7 @@ async def test_upstream_connection_not_reused_after_connection_close() -> None:
 
 @on_uvloop
 async def test_pipelined_requests_answered_in_order() -> None:
-    backend = Backend(lambda req: Reply(body=req.target + b"|" + req.body))
+    backend = Backend(lambda req: Answer(body=req.target + b"|" + req.body))
     async with running(backend) as proxy:
         c = await Client.connect(proxy.port)
         batch = b"".join(
@@ -166,12 +157,12 @@ async def test_pipelined_requests_answered_in_order() -> None:
 
 @on_uvloop
 async def test_head_204_304_have_no_body() -> None:
-    def respond(req: Request) -> Reply:
+    def respond(req: Request) -> Answer:
         if req.target == b"/204":
-            return Reply(status=204, body=b"")
+            return Answer(status=204, body=b"")
         if req.target == b"/304":
-            return Reply(status=304, body=b"", headers=[(b"ETag", b'"x"')])
-        return Reply(size=1000)
+            return Answer(status=304, body=b"", headers=[(b"ETag", b'"x"')])
+        return Answer(size=1000)
 
     backend = Backend(respond)
     async with running(backend) as proxy:
@@ -196,18 +187,18 @@ async def test_head_204_304_have_no_body() -> None:
 
 @on_uvloop
 async def test_range_request_and_206_pass_through() -> None:
-    def respond(req: Request) -> Reply:
+    def respond(req: Request) -> Answer:
         assert req.header(b"range") == b"bytes=10-19"
-        return Reply(status=206, body=bytes(range(10, 20)),
+        return Answer(status=206, body=bytes(range(10, 20)),
                      headers=[(b"Content-Range", b"bytes 10-19/256")])
 
     backend = Backend(respond)
     async with running(backend) as proxy:
-        raw = await exchange(proxy.port, b"GET /v HTTP/1.1\r\nHost: a\r\nRange: bytes=10-19\r\n"
-                             b"Connection: close\r\n\r\n")
-    assert status_of(raw) == 206
-    assert header_of(raw, b"content-range") == b"bytes 10-19/256"
-    assert raw.endswith(bytes(range(10, 20)))
+        out = await exchange_async(proxy.port, b"GET /v HTTP/1.1\r\nHost: a\r\n"
+                                   b"Range: bytes=10-19\r\nConnection: close\r\n\r\n")
+    assert out.first.status == 206
+    assert out.first.header(b"content-range") == b"bytes 10-19/256"
+    assert out.raw.endswith(bytes(range(10, 20)))
 
 
 @on_uvloop
@@ -254,19 +245,18 @@ async def test_expect_100_continue_sends_exactly_one_100() -> None:
 
 @on_uvloop
 async def test_backend_100_is_not_relayed_twice() -> None:
-    async def handler(backend: Backend, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
+    async def handler(conn: Conn) -> None:
         data = b""
         while b"\r\n\r\n" not in data:
-            data += await backend.read(reader)
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            data += await conn.read()
+        conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         while not data.endswith(b"hello"):
-            data += await backend.read(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        await writer.drain()
-        await reader.read()
+            data += await conn.read()
+        conn.writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await conn.writer.drain()
+        await conn.reader.read()
 
-    backend = Backend(handler=handler)
+    backend = Backend(serve=handler)
     async with running(backend) as proxy:
         c = await Client.connect(proxy.port)
         await c.send(b"PUT /u HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
@@ -281,15 +271,15 @@ async def test_backend_100_is_not_relayed_twice() -> None:
 
 @on_uvloop
 async def test_http10_client_gets_no_100_and_close_delimited_body() -> None:
-    backend = Backend(lambda req: Reply(size=3000, chunked=True))
+    backend = Backend(lambda req: Answer(size=3000, chunked=True))
     async with running(backend) as proxy:
-        raw = await exchange(proxy.port, b"POST /x HTTP/1.0\r\nContent-Length: 2\r\n"
-                             b"Expect: 100-continue\r\n\r\nhi")
-    assert raw.startswith(b"HTTP/1.1 200 ")
-    assert b"100 Continue" not in raw
-    assert header_of(raw, b"transfer-encoding") is None
-    assert header_of(raw, b"connection") == b"close"
-    assert raw.split(b"\r\n\r\n", 1)[1] == b"".join(pattern(3000))
+        out = await exchange_async(proxy.port, b"POST /x HTTP/1.0\r\nContent-Length: 2\r\n"
+                                   b"Expect: 100-continue\r\n\r\nhi")
+    assert out.raw.startswith(b"HTTP/1.1 200 ")
+    assert b"100 Continue" not in out.raw
+    assert out.first.header(b"transfer-encoding") is None
+    assert out.first.header(b"connection") == b"close"
+    assert out.raw.split(b"\r\n\r\n", 1)[1] == pattern(3000)
     assert backend.requests[0].header(b"via") == b"1.0 lbproxy"
 
 
@@ -297,10 +287,10 @@ async def test_http10_client_gets_no_100_and_close_delimited_body() -> None:
 async def test_unknown_expectation_is_417_and_nothing_forwarded() -> None:
     backend = Backend()
     async with running(backend) as proxy:
-        raw = await exchange(proxy.port, b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n"
-                             b"Expect: fancy\r\n\r\nx")
-    assert status_of(raw) == 417
-    assert header_of(raw, b"x-lbproxy-error") == b"expectation_failed"
+        out = await exchange_async(proxy.port, b"PUT / HTTP/1.1\r\nHost: a\r\n"
+                                   b"Content-Length: 1\r\nExpect: fancy\r\n\r\nx")
+    assert out.first.status == 417
+    assert out.first.header(b"x-lbproxy-error") == b"expectation_failed"
     assert backend.connections == 0
 
 
@@ -322,8 +312,8 @@ async def test_no_route_is_404_and_keeps_the_connection() -> None:
 async def test_absolute_form_target_becomes_origin_form() -> None:
     backend = Backend()
     async with running(backend) as proxy:
-        await exchange(proxy.port, b"GET http://Video.Example:8080/a/b?c=d HTTP/1.1\r\n"
-                       b"Host: other\r\nConnection: close\r\n\r\n")
+        await exchange_async(proxy.port, b"GET http://Video.Example:8080/a/b?c=d HTTP/1.1\r\n"
+                             b"Host: other\r\nConnection: close\r\n\r\n")
     (req,) = backend.requests
     assert req.target == b"/a/b?c=d"
     assert req.header(b"host") == b"Video.Example:8080"
@@ -343,17 +333,16 @@ async def test_options_asterisk_is_valid_but_matches_no_prefix_route() -> None:
 
 @on_uvloop
 async def test_chunk_extensions_and_trailers_are_dropped_both_ways() -> None:
-    async def handler(b: Backend, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
+    async def handler(conn: Conn) -> None:
         data = b""
         while not data.endswith(b"0\r\n\r\n"):
-            data += await b.read(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"
-                     b"3;note=1\r\nabc\r\n0\r\nX-Sum: 42\r\n\r\n")
-        await writer.drain()
-        await reader.read()
+            data += await conn.read()
+        conn.writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                          b"Trailer: X-Sum\r\n\r\n3;note=1\r\nabc\r\n0\r\nX-Sum: 42\r\n\r\n")
+        await conn.writer.drain()
+        await conn.reader.read()
 
-    backend = Backend(handler=handler)
+    backend = Backend(serve=handler)
     async with running(backend) as proxy:
         c = await Client.connect(proxy.port)
         await c.send(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
@@ -368,10 +357,11 @@ async def test_chunk_extensions_and_trailers_are_dropped_both_ways() -> None:
     assert resp.header(b"trailer") is None
     assert not raw_after
 
-    async with running(Backend(handler=handler)) as proxy:
-        raw = await exchange(proxy.port, b"POST / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
-                             b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
-    assert raw.endswith(b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n")  # the client sees no trailer
+    async with running(Backend(serve=handler)) as proxy:
+        out = await exchange_async(proxy.port, b"POST / HTTP/1.1\r\nHost: a\r\n"
+                                   b"Connection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                   b"0\r\n\r\n")
+    assert out.raw.endswith(b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n")  # the client sees no trailer
 
 
 @on_uvloop
@@ -396,17 +386,13 @@ async def test_pipelining_reads_ahead_only_a_bounded_amount() -> None:
 
     release = asyncio.Event()
 
-    async def handler(b: Backend, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
-        while True:
-            data = await b.read(reader)
-            if not data:
-                return
+    async def handler(conn: Conn) -> None:
+        while await conn.read():
             await release.wait()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            await writer.drain()
+            conn.writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await conn.writer.drain()
 
-    backend = Backend(handler=handler)
+    backend = Backend(serve=handler)
     request = b"GET /p HTTP/1.1\r\nHost: a\r\n\r\n"
     async with running(backend) as proxy:
         c = await Client.connect(proxy.port)
@@ -435,9 +421,7 @@ async def test_tls_listener_sets_x_forwarded_proto_https() -> None:
     client_ctx = ssl.create_default_context()
     ca.configure_trust(client_ctx)
     backend = await Backend().start()
-    from proxy_harness import Proxy, make_config
-
-    proxy = Proxy(make_config([backend]))
+    proxy = InProcProxy(make_config([backend.address]))
     loop = asyncio.get_running_loop()
     server = await loop.create_server(proxy.plane.protocol_factory, "127.0.0.1", 0,
                                       ssl=server_ctx)
@@ -451,13 +435,13 @@ async def test_tls_listener_sets_x_forwarded_proto_https() -> None:
         server.close()
         await proxy.plane.drain(0.5)
         await backend.stop()
-    assert status_of(raw) == 200
+    assert raw.split(b" ", 2)[1] == b"200"
     assert backend.requests[0].header(b"x-forwarded-proto") == b"https"
 
 
 @on_uvloop
 async def test_request_after_a_length_body_in_the_same_read_is_parsed() -> None:
-    backend = Backend(lambda req: Reply(body=req.target + b"|%d" % req.body_len))
+    backend = Backend(lambda req: Answer(body=req.target + b"|%d" % req.body_len))
     async with running(backend) as proxy:
         c = await Client.connect(proxy.port)
         await c.send(b"PUT /a HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n" + b"x" * 10)

@@ -11,28 +11,20 @@ import contextlib
 import socket
 
 import pytest
-from proxy_harness import (
-    Backend,
-    Client,
-    Proxy,
-    Reply,
-    exchange,
-    header_of,
-    make_config,
-    on_uvloop,
-    pattern,
-    running,
-    status_of,
-)
+from support.backends import Answer, Backend, Conn
+from support.inproc import InProcProxy, make_config, on_uvloop, running
+from support.waiting import until
+from support.wire import Client, exchange_async, parse_response, pattern_pieces
 
 from lbproxy.balance.gate import Outcome
 
 H = b"Host: a\r\n"
+GET_CLOSE = b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"
 FAST = {"request_headers": 0.3, "client_body_idle": 0.3, "client_idle": 0.3, "connect": 0.3,
         "upstream_headers": 0.3, "upstream_idle": 0.3}
 
 
-def outcomes(proxy: Proxy) -> dict[Outcome, int]:
+def outcomes(proxy: InProcProxy) -> dict[Outcome, int]:
     """Lease outcomes summed over the cluster's backends (and nothing in flight)."""
     state = proxy.snapshot.clusters["c"].state
     total = {o: 0 for o in Outcome}
@@ -43,7 +35,7 @@ def outcomes(proxy: Proxy) -> dict[Outcome, int]:
     return {o: n for o, n in total.items() if n}
 
 
-def settled(proxy: Proxy) -> dict[Outcome, int]:
+def settled(proxy: InProcProxy) -> dict[Outcome, int]:
     """`outcomes(proxy)` once nothing is in flight; {} before that."""
     state = proxy.snapshot.clusters["c"].state
     if any(state.inflight(address) for address in state.slots):
@@ -51,66 +43,52 @@ def settled(proxy: Proxy) -> dict[Outcome, int]:
     return outcomes(proxy)
 
 
-async def wait_for(cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    """Poll `cond()` until true (bounded)."""
-    end = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < end, "condition not reached"
-        await asyncio.sleep(0.01)
-
-
-async def never_answers(b: Backend, reader: asyncio.StreamReader,
-                        writer: asyncio.StreamWriter) -> None:
+async def never_answers(conn: Conn) -> None:
     """Backend handler: read the request, then never answer."""
-    await b.read(reader)
-    await reader.read()
+    await conn.read()
+    await conn.reader.read()
 
 
 @on_uvloop
-async def test_backend_refusing_connections_is_502_connect_failed() -> None:
-    backend = await Backend().start()
-    await backend.stop()  # the port is now closed: connect() is refused
-    async with running(backend) as proxy:
-        out = await exchange(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"\r\n")
-        assert status_of(out) == 502
-        assert header_of(out, b"x-lbproxy-error") == b"backend_connect_failed"
+async def test_backend_refusing_connections_is_502_connect_failed(refused_address: str) -> None:
+    proxy = await InProcProxy(make_config([refused_address])).start()
+    try:
+        out = await exchange_async(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+        assert out.first.status == 502
+        assert out.first.header(b"x-lbproxy-error") == b"backend_connect_failed"
         assert outcomes(proxy) == {Outcome.CONNECT_FAILED: 1}
+    finally:
+        await proxy.stop()
 
 
 @pytest.mark.parametrize("how", ["close", "reset"])
 @on_uvloop
 async def test_backend_dying_before_the_response_is_502(how: str) -> None:
-    async def handler(b: Backend, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
-        await b.read(reader)
-        if how == "reset":
-            sock = writer.get_extra_info("socket")
-            linger_zero = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # close() sends RST
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger_zero)
-        writer.transport.abort() if how == "reset" else writer.close()
+    async def handler(conn: Conn) -> None:
+        await conn.read()
+        conn.reset() if how == "reset" else conn.writer.close()
 
-    backend = Backend(handler=handler)
+    backend = Backend(serve=handler)
     async with running(backend) as proxy:
-        out = await exchange(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"\r\n")
-        assert status_of(out) == 502
-        assert header_of(out, b"x-lbproxy-error") == b"backend_failed"
+        out = await exchange_async(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+        assert out.first.status == 502
+        assert out.first.header(b"x-lbproxy-error") == b"backend_failed"
         assert outcomes(proxy) == {Outcome.RESET: 1}
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["fixed", "chunked"])
 @on_uvloop
 async def test_backend_dying_mid_body_never_looks_complete(chunked: bool) -> None:
-    async def handler(b: Backend, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
-        await b.read(reader)
+    async def handler(conn: Conn) -> None:
+        await conn.read()
         framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: 100000"
-        writer.write(b"HTTP/1.1 200 OK\r\n" + framing + b"\r\n\r\n")
+        conn.writer.write(b"HTTP/1.1 200 OK\r\n" + framing + b"\r\n\r\n")
         data = b"x" * 50_000
-        writer.write(b"c350\r\n" + data + b"\r\n" if chunked else data)
-        await writer.drain()
-        writer.transport.abort()
+        conn.writer.write(b"c350\r\n" + data + b"\r\n" if chunked else data)
+        await conn.writer.drain()
+        conn.writer.transport.abort()
 
-    backend = Backend(handler=handler)
+    backend = Backend(serve=handler)
     async with running(backend) as proxy:
         c = await Client.connect(proxy.port)
         await c.send(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
@@ -127,16 +105,16 @@ async def test_client_abort_mid_upload_aborts_the_upstream_exchange() -> None:
     async with running(backend) as proxy:
         c = await Client.connect(proxy.port)
         await c.send(b"POST /up HTTP/1.1\r\n" + H + b"Content-Length: 1000000\r\n\r\n")
-        await c.send_stream(pattern(100_000))
-        await wait_for(lambda: len(backend.raw) > 100_000)
+        await c.send_stream(pattern_pieces(100_000))
+        assert await until(lambda: len(backend.raw) > 100_000)
         c.writer.transport.abort()
         # the upstream connection is closed by the proxy: the backend sees EOF mid-body
-        await wait_for(lambda: backend.writers and backend.writers[0].is_closing())
+        assert await until(lambda: backend.conns and backend.conns[0].writer.is_closing())
         assert not backend.requests
-        await wait_for(lambda: settled(proxy) == {Outcome.CLIENT_ABORT: 1})
+        assert await until(lambda: settled(proxy) == {Outcome.CLIENT_ABORT: 1})
         # and it is not reused: the next request opens a new upstream connection
-        out = await exchange(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
-        assert status_of(out) == 200
+        out = await exchange_async(proxy.port, GET_CLOSE)
+        assert out.first.status == 200
     assert backend.connections == 2
 
 
@@ -148,7 +126,7 @@ async def test_slow_request_head_is_408() -> None:
         await c.send(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
         out = await c.read_all(3)
         c.close()
-    assert status_of(out) == 408 and header_of(out, b"x-lbproxy-error") == b"request_timeout"
+    assert out.first.status == 408 and out.first.header(b"x-lbproxy-error") == b"request_timeout"
     assert backend.connections == 0
 
 
@@ -160,8 +138,8 @@ async def test_client_body_idle_is_408_and_upstream_aborted() -> None:
         await c.send(b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 10\r\n\r\nab")
         out = await c.read_all(3)
         c.close()
-        assert status_of(out) == 408
-        await wait_for(lambda: settled(proxy) == {Outcome.CLIENT_ABORT: 1})
+        assert out.first.status == 408
+        assert await until(lambda: settled(proxy) == {Outcome.CLIENT_ABORT: 1})
     assert not backend.requests  # the backend never saw a complete request
 
 
@@ -191,12 +169,12 @@ async def test_connect_timeout_is_504() -> None:
             s.connect(lsock.getsockname())
         fillers.append(s)
     await asyncio.sleep(0.05)
-    backend = Backend()
-    backend.port = lsock.getsockname()[1]
-    proxy = await Proxy(make_config([backend], timeouts=FAST)).start()
+    blackhole = f"127.0.0.1:{lsock.getsockname()[1]}"
+    proxy = await InProcProxy(make_config([blackhole], timeouts=FAST)).start()
     try:
-        out = await exchange(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"\r\n", 3)
-        assert status_of(out) == 504 and header_of(out, b"x-lbproxy-error") == b"backend_timeout"
+        out = await exchange_async(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"\r\n", wait=3)
+        assert out.first.status == 504
+        assert out.first.header(b"x-lbproxy-error") == b"backend_timeout"
         assert outcomes(proxy) == {Outcome.TIMEOUT: 1}
     finally:
         await proxy.stop()
@@ -207,23 +185,23 @@ async def test_connect_timeout_is_504() -> None:
 
 @on_uvloop
 async def test_no_response_head_is_504() -> None:
-    backend = Backend(handler=never_answers)
+    backend = Backend(serve=never_answers)
     async with running(backend, timeouts=FAST) as proxy:
-        out = await exchange(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"\r\n", 3)
-        assert status_of(out) == 504 and header_of(out, b"x-lbproxy-error") == b"backend_timeout"
+        out = await exchange_async(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"\r\n", wait=3)
+        assert out.first.status == 504
+        assert out.first.header(b"x-lbproxy-error") == b"backend_timeout"
         assert outcomes(proxy) == {Outcome.TIMEOUT: 1}
 
 
 @on_uvloop
 async def test_upstream_idle_mid_body_aborts_both_sides() -> None:
-    async def handler(b: Backend, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
-        await b.read(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"y" * 10)
-        await writer.drain()
-        await reader.read()  # stalls mid-body
+    async def handler(conn: Conn) -> None:
+        await conn.read()
+        conn.writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"y" * 10)
+        await conn.writer.drain()
+        await conn.reader.read()  # stalls mid-body
 
-    backend = Backend(handler=handler)
+    backend = Backend(serve=handler)
     async with running(backend, timeouts=FAST) as proxy:
         c = await Client.connect(proxy.port)
         await c.send(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
@@ -231,7 +209,7 @@ async def test_upstream_idle_mid_body_aborts_both_sides() -> None:
         c.close()
         assert resp.status == 200 and not resp.complete
         assert outcomes(proxy) == {Outcome.TIMEOUT: 1}
-        await wait_for(lambda: backend.writers[0].is_closing())
+        assert await until(lambda: backend.conns[0].writer.is_closing())
 
 
 BAD_RESPONSES = [
@@ -250,20 +228,20 @@ BAD_RESPONSES = [
 @pytest.mark.parametrize("raw", [r for _, r in BAD_RESPONSES], ids=[n for n, _ in BAD_RESPONSES])
 @on_uvloop
 async def test_malformed_backend_response_is_502_and_connection_discarded(raw: bytes) -> None:
-    async def handler(b: Backend, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
-        await b.read(reader)
+    async def handler(conn: Conn) -> None:
+        await conn.read()
         good = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-        writer.write(raw if b.connections == 1 else good)
-        await writer.drain()
-        await reader.read()
+        conn.writer.write(raw if conn.index == 0 else good)
+        await conn.writer.drain()
+        await conn.reader.read()
 
-    backend = Backend(handler=handler)
+    backend = Backend(serve=handler)
     async with running(backend) as proxy:
-        out = await exchange(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"\r\n", 3)
-        assert status_of(out) == 502 and header_of(out, b"x-lbproxy-error") == b"backend_failed"
-        out2 = await exchange(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
-        assert status_of(out2) == 200
+        out = await exchange_async(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"\r\n", wait=3)
+        assert out.first.status == 502
+        assert out.first.header(b"x-lbproxy-error") == b"backend_failed"
+        out2 = await exchange_async(proxy.port, GET_CLOSE)
+        assert out2.first.status == 200
     assert backend.connections == 2
 
 
@@ -272,10 +250,10 @@ async def test_refusal_is_503_with_retry_after() -> None:
     backend = Backend()
     async with running(backend) as proxy:
         proxy.snapshot.clusters["c"].state.set_drain(backend.address, True)
-        out = await exchange(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"\r\n")
-    assert status_of(out) == 503
-    assert header_of(out, b"x-lbproxy-error") == b"no_healthy_backend"
-    assert header_of(out, b"retry-after") == b"1"
+        out = await exchange_async(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+    assert out.first.status == 503
+    assert out.first.header(b"x-lbproxy-error") == b"no_healthy_backend"
+    assert out.first.header(b"retry-after") == b"1"
     assert backend.connections == 0
 
 
@@ -284,25 +262,24 @@ async def test_drain_finishes_in_flight_with_zero_failures() -> None:
     release = asyncio.Event()
     arrived = 0
 
-    async def handler(b: Backend, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
+    async def handler(conn: Conn) -> None:
         nonlocal arrived
         while True:
-            data = await b.read(reader)
+            data = await conn.read()
             if not data:
                 return
             arrived += 1
             await release.wait()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 65536\r\n\r\n" + b"z" * 65536)
-            await writer.drain()
+            conn.writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 65536\r\n\r\n" + b"z" * 65536)
+            await conn.writer.drain()
 
-    backend = Backend(handler=handler)
+    backend = Backend(serve=handler)
     async with running(backend) as proxy:
         idle = await Client.connect(proxy.port)
         clients = [await Client.connect(proxy.port) for _ in range(32)]
         for c in clients:
             await c.send(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
-        await wait_for(lambda: arrived == 32)
+        assert await until(lambda: arrived == 32)
         assert proxy.plane.inflight_requests == 32
         drain = asyncio.ensure_future(proxy.plane.drain(5))
         assert await idle.closed(2)  # idle connections close at once
@@ -321,11 +298,11 @@ async def test_drain_finishes_in_flight_with_zero_failures() -> None:
 
 @on_uvloop
 async def test_drain_deadline_aborts_what_remains() -> None:
-    backend = Backend(handler=never_answers)
+    backend = Backend(serve=never_answers)
     async with running(backend) as proxy:
         c = await Client.connect(proxy.port)
         await c.send(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
-        await wait_for(lambda: backend.raw)
+        assert await until(lambda: backend.raw)
         await asyncio.wait_for(proxy.plane.drain(0.2), 2)
         assert await c.closed(2)
         assert proxy.plane.active_connections == 0
@@ -335,17 +312,16 @@ async def test_drain_deadline_aborts_what_remains() -> None:
 
 @on_uvloop
 async def test_stale_pooled_connection_is_retried_for_idempotent_requests() -> None:
-    async def handler(b: Backend, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
-        await b.read(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        await writer.drain()
-        if b.connections == 1:
-            await b.read(reader)  # the second request arrives ... and the backend closes
+    async def handler(conn: Conn) -> None:
+        await conn.read()
+        conn.writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await conn.writer.drain()
+        if conn.index == 0:
+            await conn.read()  # the second request arrives ... and the backend closes
             return
-        await reader.read()
+        await conn.reader.read()
 
-    backend = Backend(handler=handler)
+    backend = Backend(serve=handler)
     async with running(backend) as proxy:
         c = await Client.connect(proxy.port)
         for _ in range(2):
@@ -358,16 +334,15 @@ async def test_stale_pooled_connection_is_retried_for_idempotent_requests() -> N
 
 @on_uvloop
 async def test_slow_backend_is_not_a_slow_client() -> None:
-    async def handler(b: Backend, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
-        await b.read(reader)
+    async def handler(conn: Conn) -> None:
+        await conn.read()
         await asyncio.sleep(0.8)  # longer than every client-side timeout below
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        await writer.drain()
-        await reader.read()
+        conn.writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await conn.writer.drain()
+        await conn.reader.read()
 
     client_side = {"request_headers": 0.2, "client_body_idle": 0.2, "client_idle": 0.2}
-    backend = Backend(handler=handler)
+    backend = Backend(serve=handler)
     async with running(backend, timeouts=client_side) as proxy:
         c = await Client.connect(proxy.port)
         await c.send(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
@@ -381,18 +356,17 @@ async def test_slow_backend_is_not_a_slow_client() -> None:
 @pytest.mark.parametrize("split", [False, True], ids=["same_read", "later_read"])
 @on_uvloop
 async def test_bytes_after_a_length_framed_body_drop_the_connection(split: bool) -> None:
-    async def handler(b: Backend, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
-        await b.read(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
-        await writer.drain()
+    async def handler(conn: Conn) -> None:
+        await conn.read()
+        conn.writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
+        await conn.writer.drain()
         if split:
             await asyncio.sleep(0.05)  # the rest arrives in a later read (raw relay path)
-        writer.write(b"56789EXTRA")
-        await writer.drain()
-        await reader.read()
+        conn.writer.write(b"56789EXTRA")
+        await conn.writer.drain()
+        await conn.reader.read()
 
-    backend = Backend(handler=handler)
+    backend = Backend(serve=handler)
     async with running(backend) as proxy:
         c = await Client.connect(proxy.port)
         await c.send(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
@@ -406,54 +380,55 @@ async def test_bytes_after_a_length_framed_body_drop_the_connection(split: bool)
 
 @on_uvloop
 async def test_client_abort_mid_download_drops_the_upstream_connection() -> None:
-    backend = Backend(lambda req: Reply(size=64 * 1024 * 1024), record_raw=False)
+    backend = Backend(lambda req: Answer(size=64 * 1024 * 1024), record_raw=False)
     async with running(backend) as proxy:
         c = await Client.connect(proxy.port)
         await c.send(b"GET /big HTTP/1.1\r\n" + H + b"\r\n")
         await c.reader.readexactly(1 << 20)  # some of the body arrived ...
         c.writer.transport.abort()  # ... and the client is gone
-        await wait_for(lambda: settled(proxy) == {Outcome.CLIENT_ABORT: 1})
-        await wait_for(lambda: backend.writers[0].is_closing())
-        out = await exchange(proxy.port, b"HEAD / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
-        assert status_of(out) == 200
+        assert await until(lambda: settled(proxy) == {Outcome.CLIENT_ABORT: 1})
+        assert await until(lambda: backend.conns[0].writer.is_closing())
+        out = await exchange_async(proxy.port,
+                                   b"HEAD / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+        head, _ = parse_response(out.raw, bodiless=True)
+        assert head is not None and head.status == 200
     assert backend.connections == 2  # never reused mid-response
 
 
 @on_uvloop
 async def test_backend_dying_mid_upload_is_502() -> None:
-    async def handler(b: Backend, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
-        while len(b.raw) < 200_000:
-            if not await b.read(reader):
+    async def handler(conn: Conn) -> None:
+        while len(conn.raw) < 200_000:
+            if not await conn.read():
                 return
-        writer.transport.abort()
+        conn.writer.transport.abort()
 
-    backend = Backend(handler=handler)
+    backend = Backend(serve=handler)
     async with running(backend) as proxy:
         c = await Client.connect(proxy.port)
         await c.send(b"PUT /up HTTP/1.1\r\n" + H + b"Content-Length: 10000000\r\n\r\n")
         with contextlib.suppress(ConnectionError):
-            await c.send_stream(pattern(1_000_000))
+            await c.send_stream(pattern_pieces(1_000_000))
         out = await c.read_all(5)
         c.close()
-        assert status_of(out) == 502 and header_of(out, b"x-lbproxy-error") == b"backend_failed"
+        assert out.first.status == 502
+        assert out.first.header(b"x-lbproxy-error") == b"backend_failed"
         assert outcomes(proxy) == {Outcome.RESET: 1}
 
 
 @on_uvloop
 async def test_early_response_before_the_body_is_sent_is_not_reused() -> None:
-    async def handler(b: Backend, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
-        await b.read(reader)
-        if b.connections == 1:  # answer before the request body is through, like a 413
-            writer.write(b"HTTP/1.1 413 Too Big\r\nContent-Length: 3\r\n\r\nbig")
+    async def handler(conn: Conn) -> None:
+        await conn.read()
+        if conn.index == 0:  # answer before the request body is through, like a 413
+            conn.writer.write(b"HTTP/1.1 413 Too Big\r\nContent-Length: 3\r\n\r\nbig")
         else:
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        await writer.drain()
+            conn.writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await conn.writer.drain()
         with contextlib.suppress(ConnectionError):
-            await reader.read()
+            await conn.reader.read()
 
-    backend = Backend(handler=handler)
+    backend = Backend(serve=handler)
     async with running(backend) as proxy:
         c = await Client.connect(proxy.port)
         await c.send(b"PUT /u HTTP/1.1\r\n" + H + b"Content-Length: 1000000\r\n\r\n" + b"x" * 1000)
@@ -461,6 +436,6 @@ async def test_early_response_before_the_body_is_sent_is_not_reused() -> None:
         assert resp.status == 413 and resp.body == b"big"
         assert resp.header(b"connection") == b"close"  # the rest of the body is never read
         c.close()
-        out = await exchange(proxy.port, b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
-        assert status_of(out) == 200
+        out = await exchange_async(proxy.port, GET_CLOSE)
+        assert out.first.status == 200
     assert backend.connections == 2

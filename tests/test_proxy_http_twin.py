@@ -73,7 +73,7 @@ def test_analyse_request_agrees(method: bytes, target: bytes, minor: int,
     assert _masked(a) == _masked(b)
 
 
-def _masked(result: tuple) -> tuple:  # type: ignore[type-arg]
+def _masked(result: tuple) -> tuple:
     """A result with a freshly generated request id replaced by a placeholder."""
     head = re.sub(rb"x-request-id: [0-9a-f]{24}\r\n", b"x-request-id: FRESH\r\n", result[-1])
     return (*result[:-1], head)
@@ -145,7 +145,7 @@ class _Stop(Exception):
 def test_head_collector_agrees(fields: list[tuple[bytes, bytes]], max_bytes: int,
                                max_count: int) -> None:
     def collect(module: ModuleType) -> tuple[list[tuple[bytes, bytes]], int, bool]:
-        class Collector(module.HeadCollector):  # type: ignore[name-defined,misc]
+        class Collector(module.HeadCollector):  # type: ignore[name-defined]
             def head_too_large(self) -> None:
                 raise _Stop
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from proxy_harness import Backend, Client, Reply, make_config, on_uvloop, running
+from support.backends import Answer, Backend
+from support.inproc import make_config, on_uvloop, running
+from support.wire import Client
 
 from lbproxy.control.snapshot import snapshot_of
 
@@ -13,7 +15,7 @@ H = b"Host: a\r\n"
 
 @on_uvloop
 async def test_max_connections_queues_instead_of_opening_more() -> None:
-    backend = Backend(lambda req: Reply(body=req.target))
+    backend = Backend(lambda req: Answer(body=req.target))
     async with running(backend, upstream={"max_connections": 1}) as proxy:
         clients = [await Client.connect(proxy.port) for _ in range(5)]
         for i, c in enumerate(clients):
@@ -41,7 +43,7 @@ async def test_idle_pooled_connections_expire() -> None:
 async def backend_saw_eof(backend: Backend) -> bool:
     """Give the backend's handler a moment to see the proxy's close."""
     for _ in range(50):
-        if backend.writers[0].is_closing():
+        if backend.conns[0].writer.is_closing():
             return True
         await asyncio.sleep(0.02)
     return False
@@ -61,13 +63,13 @@ async def test_max_idle_zero_never_pools() -> None:
 
 @on_uvloop
 async def test_snapshot_swap_applies_to_the_next_request() -> None:
-    old, new = Backend(lambda r: Reply(body=b"old")), Backend(lambda r: Reply(body=b"new"))
+    old, new = Backend(lambda r: Answer(body=b"old")), Backend(lambda r: Answer(body=b"new"))
     await new.start()
     async with running(old) as proxy:
         c = await Client.connect(proxy.port)
         await c.send(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
         assert (await c.response()).body == b"old"
-        proxy.plane.snapshot = snapshot_of(make_config([new]), version=2)
+        proxy.plane.snapshot = snapshot_of(make_config([new.address]), version=2)
         await c.send(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
         assert (await c.response()).body == b"new"
         c.close()

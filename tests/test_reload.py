@@ -6,33 +6,22 @@ import signal
 
 import aiohttp
 import pytest
-from ctl_support import ADMIN, LISTENING, http_get, spawn, stop, wait_for_lines
+from support.configs import config_doc
+from support.subproc import LbproxyProcess, write_config
+from support.wire import http_get
 
 from lbproxy.control import config
 from lbproxy.control.controller import Controller
 
 pytestmark = pytest.mark.timeout(90)
 
-RELOADED = re.compile(rb"reloaded .* \(version (\d+)\)")
-REJECTED = re.compile(rb"reload rejected, keeping version (\d+): (.*)")
+RELOADED = re.compile(r"reloaded .* \(version (\d+)\)")
+REJECTED = re.compile(r"reload rejected, keeping version (\d+): (.*)")
 
 
-def _toml(listen, admin, backends, drain_timeout=5.0):
-    quoted = ", ".join(f'"{b}"' for b in backends)
-    return f"""
-[listener]
-bind = "{listen}"
-[admin]
-bind = "{admin}"
-[timeouts]
-drain = {drain_timeout}
-[clusters.segments]
-policy = "round_robin"
-backends = [{quoted}]
-[[routes]]
-path_prefix = "/"
-cluster = "segments"
-"""
+def _config(path, backends):
+    """Write round-robin `segments` over `backends` (listener and admin on port 0)."""
+    return write_config(path, config_doc({"segments": backends}, timeouts={"drain": 5.0}))
 
 
 async def _origins_seen(port, n=12):
@@ -59,21 +48,18 @@ async def _version(admin_port):
 @pytest.mark.parametrize("workers", ["1", "2"])
 async def test_sighup_applies_a_valid_file_and_keeps_the_old_on_a_bad_one(tmp_path, origins,
                                                                           workers):
-    path = tmp_path / "c.toml"
-    path.write_text(_toml("127.0.0.1:0", "127.0.0.1:0", origins[:1]))
-    proc = await spawn("run", "-c", str(path), "--workers", workers, dataplane=None)
+    path = _config(tmp_path / "c.toml", origins[:1])
+    proc = LbproxyProcess("run", "-c", str(path), "--workers", workers)
     try:
-        found, seen = await wait_for_lines(proc, LISTENING, int(workers))
-        assert len(found) == int(workers), seen
-        admin, _ = await wait_for_lines(proc, ADMIN, 1)
-        port, admin_port = int(found[0].group(2)), int(admin[0].group(2))
+        assert await proc.ready_async(int(workers)), proc.stderr()
+        port, admin_port = proc.port, proc.admin_port
         assert await _origins_seen(port) == {"origin-1"}
         assert await _version(admin_port) == (1, origins[:1])
 
-        path.write_text(_toml("127.0.0.1:0", "127.0.0.1:0", origins))
+        _config(path, origins)
         proc.send_signal(signal.SIGHUP)
-        ok, seen = await wait_for_lines(proc, RELOADED, 1)
-        assert ok and ok[0].group(1) == b"2", seen
+        ok, seen = await proc.expect_async(RELOADED, 1)
+        assert ok and ok[0].group(1) == "2", seen
         assert await _version(admin_port) == (2, origins)
         # Workers apply the line asynchronously: bounded wait until every origin answers.
         got: set[str] = set()
@@ -84,17 +70,17 @@ async def test_sighup_applies_a_valid_file_and_keeps_the_old_on_a_bad_one(tmp_pa
             await asyncio.sleep(0.1)
         assert got == {"origin-1", "origin-2", "origin-3"}
 
-        path.write_text(_toml("127.0.0.1:0", "127.0.0.1:0", ["nohost"]))
+        _config(path, ["nohost"])
         proc.send_signal(signal.SIGHUP)
-        bad, seen = await wait_for_lines(proc, REJECTED, 1)
-        assert bad and bad[0].group(1) == b"2", seen
-        assert b"clusters.segments.backends[0]" in bad[0].group(2)
+        bad, seen = await proc.expect_async(REJECTED, 1)
+        assert bad and bad[0].group(1) == "2", seen
+        assert "clusters.segments.backends[0]" in bad[0].group(2)
         assert await _version(admin_port) == (2, origins)
         status, _ = await http_get("127.0.0.1", port, "/v/r/1.ts")
         assert status == 200
     finally:
-        rc, err = await stop(proc)
-    assert rc == 0, err
+        rc = await proc.stop_async()
+    assert rc == 0, proc.stderr()
 
 
 def _cfg(backends, bind="127.0.0.1:8080"):
@@ -105,13 +91,14 @@ def _cfg(backends, bind="127.0.0.1:8080"):
 
 def test_controller_publishes_to_every_sink_and_keeps_slots():
     ctl = Controller(_cfg(["127.0.0.1:1", "127.0.0.1:2"]))
-    got = []
+    got: list[object] = []
     ctl.sinks += [got.append, got.append]
     before = {b.address: b.slot for b in ctl.snapshot.clusters["c"].backends}
     snap = ctl.apply(_cfg(["127.0.0.1:3", "127.0.0.1:2"]))
     assert got == [snap, snap] and snap.version == 2 and ctl.snapshot is snap
-    assert snap.clusters["c"].backend("127.0.0.1:2").slot == before["127.0.0.1:2"]
-    assert snap.clusters["c"].backend("127.0.0.1:3").slot == before["127.0.0.1:1"]
+    kept, reused = (snap.clusters["c"].backend(a) for a in ("127.0.0.1:2", "127.0.0.1:3"))
+    assert kept is not None and kept.slot == before["127.0.0.1:2"]
+    assert reused is not None and reused.slot == before["127.0.0.1:1"]
     assert ctl.apply(_cfg(["127.0.0.1:3"]), version=9).version == 9
 
 

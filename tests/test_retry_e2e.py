@@ -10,20 +10,10 @@ import asyncio
 import socket
 from typing import Any
 
-import httptools
 import pytest
-from proxy_harness import (
-    Backend,
-    Client,
-    Proxy,
-    _ReqParser,
-    exchange,
-    header_of,
-    on_uvloop,
-    pattern,
-    pattern_sha,
-    status_of,
-)
+from support.backends import Backend, Conn
+from support.inproc import InProcProxy, on_uvloop, stop_all
+from support.wire import Client, Request, exchange_async, pattern_pieces, pattern_sha
 
 from lbproxy.balance.gate import Outcome
 from lbproxy.control import config
@@ -32,12 +22,6 @@ H = b"Host: a\r\n"
 GET = b"GET /v/1/seg HTTP/1.1\r\n" + H + b"\r\n"
 GET_CLOSE = b"GET /v/1/seg HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"
 NO_EJECTION = {"enabled": False}  # so every request meets the dead backend first
-
-
-def _closed_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"  # nothing listens there once closed
 
 
 def _config(addresses: list[str], lead: bool = False, timeouts: dict[str, float] | None = None,
@@ -54,7 +38,7 @@ def _config(addresses: list[str], lead: bool = False, timeouts: dict[str, float]
     })
 
 
-def _outcomes(proxy: Proxy) -> dict[Outcome, int]:
+def _outcomes(proxy: InProcProxy) -> dict[Outcome, int]:
     state = proxy.snapshot.clusters["c"].state
     total = {o: 0 for o in Outcome}
     for slot in state.slots.values():
@@ -63,41 +47,22 @@ def _outcomes(proxy: Proxy) -> dict[Outcome, int]:
     return {o: n for o, n in total.items() if n}
 
 
-async def _reset_after_request(b: Backend, reader: asyncio.StreamReader,
-                               writer: asyncio.StreamWriter) -> None:
-    """Backend handler: read one whole request, record it, then reset (RST), no answer."""
-    state = _ReqParser()
-    parser = httptools.HttpRequestParser(state)
-    while not state.done:
-        data = await b.read(reader)
-        if not data:
-            return
-        parser.feed_data(data)
-    req = state.done.pop(0)
-    req.method = parser.get_method()
-    b.requests.append(req)
-    sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    writer.transport.abort()
+async def _reset_after_request(conn: Conn, req: Request) -> bool:
+    """Backend `respond`: read (and record) one whole request, then reset (RST), no answer."""
+    await conn.finish(req)
+    conn.reset()
+    return False
 
 
 async def _start(*backends: Backend) -> list[Backend]:
     return [await b.start() for b in backends]
 
 
-async def _stop(proxy: Proxy, backends: list[Backend]) -> None:
-    await proxy.stop()
-    for b in backends:
-        await b.stop()
-    for b in backends:
-        assert not b.errors, f"backend handler failed: {b.errors!r}"
-
-
 @on_uvloop
-async def test_a_closed_port_among_three_costs_no_client_a_502():
+async def test_a_closed_port_among_three_costs_no_client_a_502(refused_address: str):
     good = await _start(Backend(), Backend())
-    dead = _closed_port()
-    proxy = await Proxy(_config([dead, good[0].address, good[1].address])).start()
+    dead = refused_address
+    proxy = await InProcProxy(_config([dead, good[0].address, good[1].address])).start()
     client = await Client.connect(proxy.port)
     try:
         statuses = []
@@ -114,55 +79,57 @@ async def test_a_closed_port_among_three_costs_no_client_a_502():
         assert state.retries == 5
     finally:
         client.close()
-        await _stop(proxy, good)
+        await stop_all(proxy, good)
 
 
 @on_uvloop
-async def test_maglev_keys_whose_primary_is_dead_go_to_their_second_candidate():
+async def test_maglev_keys_whose_primary_is_dead_go_to_their_second_candidate(
+        refused_address: str):
     good = await _start(Backend(), Backend())
-    dead = _closed_port()
+    dead = refused_address
     addresses = [dead, good[0].address, good[1].address]
     # A third of the keys retry every time here (no ejection): more than the default budget
     # allows when the dead port happens to own many keys, so the budget is raised.
-    proxy = await Proxy(_config(addresses, policy="maglev", outlier_detection=NO_EJECTION,
+    proxy = await InProcProxy(_config(addresses, policy="maglev", outlier_detection=NO_EJECTION,
                                 retry={"min_retries_per_second": 100.0})).start()
     cluster = proxy.snapshot.clusters["c"]
+    maglev: Any = cluster.selector.inner  # under bounded load
     by_slot = {b.slot: b.address for b in cluster.backends}
     try:
         expected: dict[bytes, str] = {}
         for i in range(40):
             key = f"video{i}".encode()
-            first, second = cluster.selector.inner.candidates(key, 2)
+            first, second = maglev.candidates(key, 2)
             expected[key] = by_slot[second if by_slot[first] == dead else first]
         assert dead not in expected.values() and len(set(expected.values())) == 2
         for _ in range(2):  # the same backend both times: the cache stays warm
             for key in expected:
                 raw = b"GET /v/%s/seg-1.ts HTTP/1.1\r\n%sConnection: close\r\n\r\n" % (key, H)
-                assert status_of(await exchange(proxy.port, raw)) == 200
+                assert (await exchange_async(proxy.port, raw)).first.status == 200
         for b in good:
             for req in b.requests:
                 key = req.target.split(b"/")[2]
                 assert expected[key] == b.address
         assert sum(len(b.requests) for b in good) == 80
         primary_dead = sum(1 for k in expected
-                           if by_slot[cluster.selector.inner.candidates(k, 1)[0]] == dead)
+                           if by_slot[maglev.candidates(k, 1)[0]] == dead)
         assert primary_dead > 0 and cluster.state.retries == 2 * primary_dead
     finally:
-        await _stop(proxy, good)
+        await stop_all(proxy, good)
 
 
 @pytest.mark.parametrize("size", [100 * 1024, 1024 * 1024], ids=["100KiB", "1MiB"])
 @on_uvloop
 async def test_a_post_body_whose_first_backend_refuses_reaches_another_byte_exact_once(
-        size: int):
+        size: int, refused_address: str):
     # 1 MiB is past BUFFER_LIMIT: the client is paused, and every byte is still held.
     good = await _start(Backend(), Backend())
-    proxy = await Proxy(_config([_closed_port(), *(b.address for b in good)], lead=True,
+    proxy = await InProcProxy(_config([refused_address, *(b.address for b in good)], lead=True,
                                 outlier_detection=NO_EJECTION)).start()
     client = await Client.connect(proxy.port)
     try:
         await client.send(b"POST /upload HTTP/1.1\r\n" + H + b"Content-Length: %d\r\n\r\n" % size)
-        await client.send_stream(pattern(size, 8192))
+        await client.send_stream(pattern_pieces(size, 8192))
         resp = await client.response()
         assert resp.status == 200
         received = [r for b in good for r in b.requests]
@@ -171,98 +138,97 @@ async def test_a_post_body_whose_first_backend_refuses_reaches_another_byte_exac
         assert _outcomes(proxy) == {Outcome.CONNECT_FAILED: 1, Outcome.OK: 1}
     finally:
         client.close()
-        await _stop(proxy, good)
+        await stop_all(proxy, good)
 
 
 @on_uvloop
 async def test_a_non_idempotent_post_reset_after_the_full_request_is_not_retried():
-    backends = await _start(Backend(handler=_reset_after_request),
-                            Backend(handler=_reset_after_request))
-    proxy = await Proxy(_config([b.address for b in backends])).start()
+    backends = await _start(Backend(respond=_reset_after_request),
+                            Backend(respond=_reset_after_request))
+    proxy = await InProcProxy(_config([b.address for b in backends])).start()
     try:
         raw = b"POST /orders HTTP/1.1\r\n" + H + b"Content-Length: 5\r\n\r\nhello"
-        out = await exchange(proxy.port, raw)
-        assert status_of(out) == 502
-        assert header_of(out, b"x-lbproxy-error") == b"backend_failed"
+        out = await exchange_async(proxy.port, raw)
+        assert out.first.status == 502
+        assert out.first.header(b"x-lbproxy-error") == b"backend_failed"
         assert sum(len(b.requests) for b in backends) == 1  # exactly one reached a backend
         assert _outcomes(proxy) == {Outcome.RESET: 1}
     finally:
-        await _stop(proxy, backends)
+        await stop_all(proxy, backends)
 
 
 @on_uvloop
 async def test_an_idempotent_get_reset_before_the_response_is_retried_once_elsewhere():
-    resetting = await Backend(handler=_reset_after_request).start()
+    resetting = await Backend(respond=_reset_after_request).start()
     good = await Backend().start()
-    proxy = await Proxy(_config([resetting.address, good.address], lead=True)).start()
+    proxy = await InProcProxy(_config([resetting.address, good.address], lead=True)).start()
     try:
-        out = await exchange(proxy.port, GET_CLOSE)
-        assert status_of(out) == 200
+        out = await exchange_async(proxy.port, GET_CLOSE)
+        assert out.first.status == 200
         assert (len(resetting.requests), len(good.requests)) == (1, 1)
         assert _outcomes(proxy) == {Outcome.RESET: 1, Outcome.OK: 1}
     finally:
-        await _stop(proxy, [resetting, good])
+        await stop_all(proxy, [resetting, good])
 
 
 @on_uvloop
 async def test_an_idempotent_put_is_resent_with_its_body_and_only_once():
     body = bytes(range(256)) * 40
-    resetting = await _start(*(Backend(handler=_reset_after_request) for _ in range(3)))
-    proxy = await Proxy(_config([b.address for b in resetting])).start()
+    resetting = await _start(*(Backend(respond=_reset_after_request) for _ in range(3)))
+    proxy = await InProcProxy(_config([b.address for b in resetting])).start()
     try:
         raw = b"PUT /v/1/x HTTP/1.1\r\n" + H + b"Content-Length: %d\r\n\r\n" % len(body) + body
-        assert status_of(await exchange(proxy.port, raw)) == 502  # every backend resets
+        assert (await exchange_async(proxy.port, raw)).first.status == 502  # every backend resets
         received = [r for b in resetting for r in b.requests]
         assert len(received) == 2  # the first attempt and one retry, never a third
         assert all(r.method == b"PUT" and r.body == body for r in received)
         assert _outcomes(proxy) == {Outcome.RESET: 2}
     finally:
-        await _stop(proxy, resetting)
+        await stop_all(proxy, resetting)
 
 
 @on_uvloop
-async def test_retries_disabled_a_refused_connect_is_502_as_before():
+async def test_retries_disabled_a_refused_connect_is_502_as_before(refused_address: str):
     good = await Backend().start()
-    proxy = await Proxy(_config([_closed_port(), good.address], lead=True,
+    proxy = await InProcProxy(_config([refused_address, good.address], lead=True,
                                 retry={"attempts": 0})).start()
     try:
-        out = await exchange(proxy.port, GET_CLOSE)
-        assert status_of(out) == 502
-        assert header_of(out, b"x-lbproxy-error") == b"backend_connect_failed"
+        out = await exchange_async(proxy.port, GET_CLOSE)
+        assert out.first.status == 502
+        assert out.first.header(b"x-lbproxy-error") == b"backend_connect_failed"
         assert not good.requests
     finally:
-        await _stop(proxy, [good])
+        await stop_all(proxy, [good])
 
 
 @on_uvloop
-async def test_past_the_retry_budget_the_connect_failure_is_502():
+async def test_past_the_retry_budget_the_connect_failure_is_502(refused_address: str):
     good = await Backend().start()
     no_budget = {"budget_percent": 0.0, "min_retries_per_second": 0.0}
-    proxy = await Proxy(_config([_closed_port(), good.address], lead=True,
+    proxy = await InProcProxy(_config([refused_address, good.address], lead=True,
                                 retry=no_budget)).start()
     try:
-        out = await exchange(proxy.port, GET_CLOSE)
-        assert status_of(out) == 502
-        assert header_of(out, b"x-lbproxy-error") == b"backend_connect_failed"
+        out = await exchange_async(proxy.port, GET_CLOSE)
+        assert out.first.status == 502
+        assert out.first.header(b"x-lbproxy-error") == b"backend_connect_failed"
         assert not good.requests
         assert proxy.snapshot.clusters["c"].state.retries == 0
     finally:
-        await _stop(proxy, [good])
+        await stop_all(proxy, [good])
 
 
 @on_uvloop
 async def test_a_backend_dying_mid_body_is_never_retried():
-    async def dies_mid_body(b: Backend, reader: asyncio.StreamReader,
-                            writer: asyncio.StreamWriter) -> None:
-        await b.read(reader)
-        b.requests.append(None)  # type: ignore[arg-type]
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 50_000)
-        await writer.drain()
-        writer.transport.abort()
+    async def dies_mid_body(conn: Conn, req: Request) -> bool:
+        await conn.finish(req)
+        conn.writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 50_000)
+        await conn.writer.drain()
+        conn.writer.transport.abort()
+        return False
 
-    dying = await Backend(handler=dies_mid_body).start()
+    dying = await Backend(respond=dies_mid_body).start()
     good = await Backend().start()
-    proxy = await Proxy(_config([dying.address, good.address], lead=True)).start()
+    proxy = await InProcProxy(_config([dying.address, good.address], lead=True)).start()
     client = await Client.connect(proxy.port)
     try:
         await client.send(GET)
@@ -272,27 +238,29 @@ async def test_a_backend_dying_mid_body_is_never_retried():
         assert _outcomes(proxy) == {Outcome.RESET: 1}
     finally:
         client.close()
-        await _stop(proxy, [dying, good])
+        await stop_all(proxy, [dying, good])
 
 
 @on_uvloop
 async def test_a_get_meeting_two_stale_pooled_connections_still_goes_elsewhere():
-    async def one_answer_per_connection(b: Backend, reader: asyncio.StreamReader,
-                                        writer: asyncio.StreamWriter) -> None:
-        await b.read(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        await writer.drain()
-        await b.read(reader)  # the next request on this connection: dropped unanswered
-        b.requests.append(None)  # type: ignore[arg-type]
+    async def one_answer_per_connection(conn: Conn, req: Request) -> bool:
+        await conn.finish(req)
+        if len(conn.requests) > 1:
+            return False  # the next request on this connection: dropped unanswered
+        conn.writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await conn.writer.drain()
+        return True
 
-    stale = await Backend(handler=one_answer_per_connection).start()
+    stale = await Backend(respond=one_answer_per_connection).start()
     good = await Backend().start()
-    proxy = await Proxy(_config([stale.address, good.address], policy="maglev",
+    proxy = await InProcProxy(_config([stale.address, good.address], policy="maglev",
                                 balance_factor=0, outlier_detection=NO_EJECTION)).start()
     cluster = proxy.snapshot.clusters["c"]
+    selector: Any = cluster.selector  # Maglev (balance_factor 0: no bounded-load wrapper)
+    stale_backend = cluster.backend(stale.address)
+    assert stale_backend is not None
     key = next(b"k%d" % i for i in range(100)
-               if cluster.backend(stale.address).slot  # type: ignore[union-attr]
-               == cluster.selector.candidates(b"k%d" % i, 1)[0])
+               if stale_backend.slot == selector.candidates(b"k%d" % i, 1)[0])
     get = b"GET /v/%s/seg HTTP/1.1\r\n%s\r\n" % (key, H)
     clients = [await Client.connect(proxy.port) for _ in range(2)]
     try:
@@ -309,7 +277,7 @@ async def test_a_get_meeting_two_stale_pooled_connections_still_goes_elsewhere()
     finally:
         for c in clients:
             c.close()
-        await _stop(proxy, [stale, good])
+        await stop_all(proxy, [stale, good])
 
 
 @on_uvloop
@@ -328,14 +296,14 @@ async def test_a_connect_timeout_is_retried_on_another_backend():
     await asyncio.sleep(0.05)
     good = await Backend().start()
     address = f"127.0.0.1:{blackhole.getsockname()[1]}"
-    proxy = await Proxy(_config([address, good.address], lead=True,
+    proxy = await InProcProxy(_config([address, good.address], lead=True,
                                 timeouts={"connect": 0.3})).start()
     try:
-        out = await exchange(proxy.port, GET_CLOSE)
-        assert status_of(out) == 200
+        out = await exchange_async(proxy.port, GET_CLOSE)
+        assert out.first.status == 200
         assert len(good.requests) == 1
         assert _outcomes(proxy) == {Outcome.TIMEOUT: 1, Outcome.OK: 1}
     finally:
-        await _stop(proxy, [good])
+        await stop_all(proxy, [good])
         for s in [*fillers, blackhole]:
             s.close()

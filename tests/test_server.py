@@ -1,7 +1,7 @@
 """Server start-up, workers, signals, drain, admin API and TLS, on real sockets.
 
 These run the real `lbproxy.proxy.DataPlane` against backends the test starts, except the
-SO_REUSEPORT spread test, which uses `standin_dataplane.StandInDataPlane` (tests only)
+SO_REUSEPORT spread test, which uses `support.standin.StandInDataPlane` (tests only)
 because it must see which worker process answered.
 """
 
@@ -12,29 +12,22 @@ import os
 import re
 import signal
 import ssl
+import subprocess
 
 import aiohttp
 import pytest
 import trustme
 from aiohttp import web
-from ctl_support import (
-    ADMIN,
-    LISTENING,
-    STANDIN,
-    http_get,
-    spawn,
-    stop,
-    toml_config,
-    until_true,
-    wait_for_lines,
-    wait_started,
-)
+from support.configs import segments_doc
+from support.inproc import serving
+from support.subproc import LISTENING, STANDIN, LbproxyProcess, write_config
+from support.waiting import until
+from support.wire import http_get
 
 from lbproxy import demo
 from lbproxy.balance.gate import Lease, Outcome
 from lbproxy.control import config
 from lbproxy.process import listeners
-from lbproxy.process.single import serve
 from lbproxy.process.startup import StartupError
 from lbproxy.proxy import DataPlane
 
@@ -46,10 +39,8 @@ async def _admin_json(port, path):
         return r.status, await r.json()
 
 
-def _write(tmp_path, text, name="c.toml"):
-    p = tmp_path / name
-    p.write_text(text)
-    return str(p)
+def _write(tmp_path, doc, name="c.toml"):
+    return str(write_config(tmp_path / name, doc))
 
 
 @pytest.fixture
@@ -75,12 +66,11 @@ async def held_origin():
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_run_proxies_then_exits_0_on_signal(tmp_path, origins, sig):
-    cfg = toml_config("127.0.0.1:0", "127.0.0.1:0", origins)
-    proc = await spawn("run", "-c", _write(tmp_path, cfg), dataplane=None)
+    proc = LbproxyProcess("run", "-c", _write(tmp_path, segments_doc(origins)))
     try:
-        found, seen = await wait_for_lines(proc, LISTENING, 1)
+        found, seen = await proc.expect_async(LISTENING, 1)
         assert found, seen
-        assert found[0].group(3, 4) == (b"1", b"1")
+        assert found[0].group(3, 4) == ("1", "1")
         port = int(found[0].group(2))
         status, body = await http_get("127.0.0.1", port, "/v/abc/1.ts")
         assert status == 200 and body == demo.segment_content("abc", "1.ts")
@@ -88,11 +78,12 @@ async def test_run_proxies_then_exits_0_on_signal(tmp_path, origins, sig):
         proc.send_signal(sig)
         # Wait for this one signal to end the process; stop() would add a SIGTERM at once,
         # and the test is about a single SIGTERM or SIGINT.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), 20)
-        rc, err = await stop(proc)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await proc.wait_async(20)
+        rc = await proc.stop_async()
+    err = proc.stderr()
     assert rc == 0, err
-    assert b"draining" in err and b"stopped" in err
+    assert "draining" in err and "stopped" in err
 
 
 @pytest.fixture
@@ -101,16 +92,16 @@ async def standin_workers(tmp_path):
 
     The fixture stops the process and asserts it exited 0, unless the test ended it.
     """
-    cfg = _write(tmp_path, toml_config("127.0.0.1:0", "127.0.0.1:0"))
-    proc = await spawn("run", "-c", cfg, "--workers", "2", dataplane=STANDIN)
+    cfg = _write(tmp_path, segments_doc())
+    proc = LbproxyProcess("run", "-c", cfg, "--workers", "2", dataplane=STANDIN)
     ended_by_test = False
     try:
-        found, admin_port, _ = await wait_started(proc, 2)
-        yield proc, found, admin_port
+        assert await proc.ready_async(2), proc.stderr()
+        yield proc, proc.listening, proc.admin_port
         ended_by_test = proc.returncode is not None
     finally:
-        rc, err = await stop(proc)
-    assert ended_by_test or rc == 0, err
+        rc = await proc.stop_async()
+    assert ended_by_test or rc == 0, proc.stderr()
 
 
 async def _answering_pids(port, want=2):
@@ -127,7 +118,7 @@ async def _answering_pids(port, want=2):
 
 async def test_two_workers_both_accept_on_one_port(standin_workers):
     _, found, admin_port = standin_workers
-    assert sorted(m.group(3) for m in found) == [b"1", b"2"]
+    assert sorted(m.group(3) for m in found) == ["1", "2"]
     ports = {m.group(2) for m in found}
     assert len(ports) == 1  # both bound the same port (SO_REUSEPORT)
     assert len(await _answering_pids(int(ports.pop()))) == 2
@@ -159,19 +150,8 @@ async def in_process(held_origin):
                    {"path_prefix": "/held", "cluster": "held"},
                    {"cluster": "segments"}],
     })
-    stop_event = asyncio.Event()
-    ready: asyncio.Future = asyncio.get_running_loop().create_future()
-
-    def on_ready(listener, admin):
-        ready.set_result((listener, admin))
-
-    task = asyncio.create_task(serve(cfg, dataplane=DataPlane, stop=stop_event,
-                                     on_ready=on_ready))
-    listener, admin = await asyncio.wait_for(ready, 20)
-    admin_port = admin._runner.addresses[0][1]
-    yield listener, admin, admin_port, stop_event, task
-    stop_event.set()
-    await asyncio.wait_for(task, 20)
+    async with serving(cfg) as served:
+        yield served.listener, served.admin, served.admin_port, served.stop, served.task
 
 
 async def test_clusters_has_the_contract_shape_and_live_inflight(in_process):
@@ -215,11 +195,11 @@ async def test_drain_finishes_in_flight_requests_and_ready_goes_503(in_process, 
     _, release, arrived = held_origin
     assert (await _admin_json(admin_port, "/ready"))[0] == 200
     pending = asyncio.create_task(http_get("127.0.0.1", listener.port, "/held/1", timeout=30))
-    await until_true(lambda: arrived)
+    assert await until(lambda: arrived)
     _, doc = await _admin_json(admin_port, "/clusters")
     assert doc["clusters"]["held"]["backends"][0]["inflight"] == 1
     stop_event.set()
-    await until_true(lambda: admin.draining)
+    assert await until(lambda: admin.draining)
     status, body = await _admin_json(admin_port, "/ready")
     assert (status, body) == (503, {"ready": False, "reason": "draining"})
     with pytest.raises(OSError):  # the listener no longer accepts
@@ -272,21 +252,20 @@ def test_ssl_context_from_listener_tls(tls_files):
 
 async def test_tls_listener_proxies_https(tmp_path, tls_files, origins):
     cert, key, client = tls_files
-    extra = f'tls = {{ cert = "{cert}", key = "{key}" }}'
-    cfg = toml_config("127.0.0.1:0", "127.0.0.1:0", origins, extra=extra)
-    proc = await spawn("run", "-c", _write(tmp_path, cfg), dataplane=None)
+    cfg = segments_doc(origins, listener={"tls": {"cert": str(cert), "key": str(key)}})
+    proc = LbproxyProcess("run", "-c", _write(tmp_path, cfg))
     try:
-        found, seen = await wait_for_lines(proc, LISTENING, 1)
+        found, seen = await proc.expect_async(LISTENING, 1)
         assert found, seen
-        assert b", tls)" in seen
+        assert ", tls)" in seen
         port = int(found[0].group(2))
         status, body = await http_get("127.0.0.1", port, "/v/tls/2.ts", ssl_context=client)
         assert status == 200 and body == demo.segment_content("tls", "2.ts")
         with pytest.raises((ssl.SSLError, ConnectionError)):
             await http_get("127.0.0.1", port, ssl_context=ssl.create_default_context())
     finally:
-        rc, err = await stop(proc)
-    assert rc == 0, err
+        rc = await proc.stop_async()
+    assert rc == 0, proc.stderr()
 
 
 def test_missing_tls_files_are_config_errors(tmp_path):
@@ -311,29 +290,21 @@ def test_clusters_document_is_json_serialisable(tmp_path):
 async def test_two_workers_proxy_and_clusters_sums_their_inflight(tmp_path, origins,
                                                                    held_origin):
     held, release, arrived = held_origin
-    cfg = toml_config("127.0.0.1:0", "127.0.0.1:0", origins) + f"""
-[clusters.held]
-backends = ["{held}"]
-
-[[routes]]
-path_prefix = "/held"
-cluster = "held"
-"""
-    # The held route must come before "/": put it first.
-    cfg = cfg.replace('[[routes]]\npath_prefix = "/"\n', '[[routes]]\npath_prefix = "/v/"\n')
-    proc = await spawn("run", "-c", _write(tmp_path, cfg), "--workers", "2", dataplane=None)
+    cfg = segments_doc(origins)
+    cfg["clusters"]["held"] = {"backends": [held]}
+    # Segments under /v/ only, so that /held reaches the held route after it.
+    cfg["routes"][0]["path_prefix"] = "/v/"
+    cfg["routes"].append({"path_prefix": "/held", "cluster": "held"})
+    proc = LbproxyProcess("run", "-c", _write(tmp_path, cfg), "--workers", "2")
     try:
-        found, seen = await wait_for_lines(proc, LISTENING, 2)
-        assert len(found) == 2, seen
-        admin, seen2 = await wait_for_lines(proc, ADMIN, 1)
-        assert admin, seen + seen2
-        port, admin_port = int(found[0].group(2)), int(admin[0].group(2))
+        assert await proc.ready_async(2), proc.stderr()
+        port, admin_port = proc.port, proc.admin_port
         for i in range(6):
             status, body = await http_get("127.0.0.1", port, f"/v/w{i}/1.ts")
             assert status == 200 and body == demo.segment_content(f"w{i}", "1.ts")
         pending = [asyncio.create_task(http_get("127.0.0.1", port, f"/held/{i}", timeout=30))
                    for i in range(6)]
-        await until_true(lambda: len(arrived) == 6)
+        assert await until(lambda: len(arrived) == 6)
         total = 0
         for _ in range(100):  # bounded: reports arrive every REPORT_INTERVAL_S
             _, doc = await _admin_json(admin_port, "/clusters")
@@ -345,8 +316,8 @@ cluster = "held"
         release.set()
         assert [await t for t in pending] == [(200, b"released")] * 6
     finally:
-        rc, err = await stop(proc)
-    assert rc == 0, err
+        rc = await proc.stop_async()
+    assert rc == 0, proc.stderr()
 
 
 async def test_a_killed_worker_is_restarted_and_ready_recovers(standin_workers):
@@ -356,9 +327,9 @@ async def test_a_killed_worker_is_restarted_and_ready_recovers(standin_workers):
     assert len(pids) == 2
     victim = min(pids)
     os.kill(victim, signal.SIGKILL)
-    again, seen = await wait_for_lines(proc, LISTENING, 1)
+    again, seen = await proc.expect_async(LISTENING, 1)
     assert again, seen
-    assert b"exited (-9); restarting" in seen
+    assert "exited (-9); restarting" in seen
     for _ in range(100):  # bounded: readiness is re-evaluated every REPORT_INTERVAL_S
         status, _ = await _admin_json(admin_port, "/ready")
         if status == 200:
@@ -371,24 +342,23 @@ async def test_a_killed_worker_is_restarted_and_ready_recovers(standin_workers):
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 async def test_a_data_plane_that_cannot_load_fails_start_up(tmp_path, workers):
-    cfg = _write(tmp_path, toml_config("127.0.0.1:0", "127.0.0.1:0"))
-    proc = await spawn("run", "-c", cfg, "--workers", workers, dataplane="no_such_module:X")
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 1
-    assert b"cannot load the data plane no_such_module:X" in err
+    cfg = _write(tmp_path, segments_doc())
+    proc = LbproxyProcess("run", "-c", cfg, "--workers", workers, dataplane="no_such_module:X")
+    assert await proc.wait_async(30) == 1
+    assert "cannot load the data plane no_such_module:X" in proc.stderr()
 
 
 async def test_ipv6_loopback_listener(tmp_path):
-    cfg = _write(tmp_path, toml_config("[::1]:0", "[::1]:0"))
-    proc = await spawn("run", "-c", cfg, dataplane=STANDIN)
+    cfg = _write(tmp_path, segments_doc(listener={"bind": "[::1]:0"}, admin={"bind": "[::1]:0"}))
+    proc = LbproxyProcess("run", "-c", cfg, dataplane=STANDIN)
     try:
-        found, seen = await wait_for_lines(proc, LISTENING, 1)
-        assert found and found[0].group(1) == b"[::1]", seen
+        found, seen = await proc.expect_async(LISTENING, 1)
+        assert found and found[0].group(1) == "[::1]", seen
         status, body = await http_get("::1", int(found[0].group(2)))
         assert status == 200 and body.startswith(b"pid=")
     finally:
-        rc, err = await stop(proc)
-    assert rc == 0, err
+        rc = await proc.stop_async()
+    assert rc == 0, proc.stderr()
 
 
 async def test_workers_exit_when_the_supervisor_is_killed(standin_workers):
@@ -396,9 +366,8 @@ async def test_workers_exit_when_the_supervisor_is_killed(standin_workers):
     pids = await _answering_pids(int(found[0].group(2)))
     assert len(pids) == 2
     proc.kill()  # SIGKILL: no drain, no chance to signal the workers
-    await proc.wait()
-    assert proc.stderr is not None
-    lines, seen = await wait_for_lines(proc, re.compile(rb"supervisor went away"), 2)
+    await proc.wait_async()
+    lines, seen = await proc.expect_async(re.compile(r"supervisor went away"), 2)
     assert len(lines) == 2, seen
     loop = asyncio.get_running_loop()
     end = loop.time() + 15

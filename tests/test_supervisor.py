@@ -13,8 +13,8 @@ import os
 import signal
 
 import pytest
-from admin_support import origins_hit, proxy_config
-from ctl_support import until_true
+from support.admin import origins_hit, round_robin_segments
+from support.waiting import until
 
 from lbproxy.control import config
 from lbproxy.process.startup import DEFAULT_DATAPLANE
@@ -32,10 +32,11 @@ def _pid(p: WorkerProcess) -> int:
 async def supervised(origins):
     """A `Supervisor` of 2 real workers over the demo origins; yields it once ready."""
     stop = asyncio.Event()
-    sup = Supervisor(config.from_dict(proxy_config(origins)), 2, DEFAULT_DATAPLANE, stop=stop)
+    sup = Supervisor(config.from_dict(round_robin_segments(origins)), 2, DEFAULT_DATAPLANE,
+                     stop=stop)
     task = asyncio.create_task(sup.run())
     try:
-        await until_true(lambda: sup.admin.accepting or task.done())
+        assert await until(lambda: sup.admin.accepting or task.done())
         assert not task.done()
         yield sup, task
     finally:
@@ -50,16 +51,17 @@ async def test_a_worker_killed_after_ready_restarts_from_the_config_in_force(sup
     old_pid = _pid(victim)
     with caplog.at_level(logging.WARNING, logger="lbproxy.process.supervisor"):
         os.kill(old_pid, signal.SIGKILL)
-        await until_true(lambda: victim.proc is not None and victim.proc.returncode is not None)
+        assert await until(lambda: victim.proc is not None
+                           and victim.proc.returncode is not None)
         # While it is down (the restart waits restart_delay_s): a new snapshot.
         snap = sup.controller.apply(sup.cfg, drained={"segments": [origins[0]]})
         assert snap.version == 2
         assert await sup.propagated(2) == []  # the one running worker confirmed it
         assert other.version == 2
-        await until_true(lambda: _pid(victim) != old_pid and victim.ready.is_set())
+        assert await until(lambda: _pid(victim) != old_pid and victim.ready.is_set())
     assert victim.version == 2  # its Ready names the newest line, not the one it first had
     assert "worker 1/2 exited (-9); restarting" in caplog.messages
-    await until_true(lambda: sup.admin.accepting)  # /ready recovers once every worker is back
+    assert await until(lambda: sup.admin.accepting)  # /ready recovers once every worker is back
     hits = await origins_hit(sup.port, 20)  # both workers keep origin-1 drained
     assert "origin-1" not in hits and sum(hits.values()) == 20, hits
 

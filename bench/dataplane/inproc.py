@@ -42,7 +42,7 @@ class MemoryTransport(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.written += len(data)
 
-    def writelines(self, parts) -> None:  # type: ignore[no-untyped-def, override]
+    def writelines(self, parts) -> None:
         for p in parts:
             self.written += len(p)
 

@@ -12,7 +12,7 @@ import json
 import string
 from pathlib import Path
 
-from lbproxy import _selectors_py as twin
+from lbproxy.balance import _selectors_py as twin
 
 OUT = Path(__file__).with_name("maglev_golden.json")
 KEY_FORMAT = "/v/{:06x}/"  # the key is the video id, as hash_on = "path_regex:^/v/([^/]+)/"

@@ -16,7 +16,7 @@ class _Answer(asyncio.Protocol):
         self.buf = b""
         self.transport: asyncio.Transport | None = None
 
-    def connection_made(self, transport):  # type: ignore[override]
+    def connection_made(self, transport):
         self.transport = transport
         self.plane.active_connections += 1
 
