@@ -35,6 +35,9 @@ _CONNECT_WAIT_NS = 5_000_000_000  # give up waiting for every connection after t
 _SPIN_NS = 60_000  # how early the open-loop timer fires before the next intended send
 
 
+# Distinct viewers the surge classes' requests come from (the X-Viewer header).
+VIEWERS = 100_000
+
 class Request:
     """One request on the wire: what it is and when it was meant to go."""
 
@@ -309,8 +312,10 @@ class LoadDriver:
             cls = min(bisect.bisect_right(self.class_cumulative, self.rng.random()
                                           * self.class_cumulative[-1]),
                       len(self.class_cumulative) - 1)
-        head = b"GET %s%d/%d HTTP/1.1\r\nHost: bench\r\n" % (
-            self.class_prefixes[cls], video, segment)
+        # X-Viewer: who is watching, drawn from VIEWERS; lbproxy's surge config hashes it
+        # into cohorts (cohort_on), as an edge would hash a session cookie.
+        head = b"GET %s%d/%d HTTP/1.1\r\nHost: bench\r\nX-Viewer: %d\r\n" % (
+            self.class_prefixes[cls], video, segment, self.rng.randrange(VIEWERS))
         if self.range_bytes:
             first = self.rng.randrange(max(1, self.segment_bytes // self.range_bytes))
             first *= self.range_bytes

@@ -104,7 +104,8 @@ async def test_patch_drain_then_active_moves_traffic_and_keeps_the_set(origins):
         assert status == 200
         assert doc == {"version": 2, "backend": {"address": origins[1], "weight": 1, "zone": "",
                                                  "state": "drain", "healthy": True,
-                                                 "ejected": False, "inflight": 0}}
+                                                 "ejected": False, "inflight": 0,
+                                                 "limit": 20}}
         hits = await origins_hit(port, 30)
         assert set(hits) == {"origin-1", "origin-3"} and sum(hits.values()) == 30
         version, members = await _members(admin_port)

@@ -136,6 +136,8 @@ _SURGE_ROUTE = """
 path_prefix = "{prefix}"
 cluster = "segments"
 {priority}"""
+# Every request comes from 127.0.0.1, so cohorts come from the generator's viewer header.
+_SURGE_COHORT = 'cohort_on = "header:x-viewer"\n'
 
 
 class SurgeLbproxyPeer(LbproxyPeer):
@@ -163,7 +165,7 @@ class SurgeLbproxyPeer(LbproxyPeer):
                     if self.variant == "off" else "")
         routes = "".join(
             _SURGE_ROUTE.format(prefix=prefix, priority="" if self.variant == "plain"
-                                else f'priority = "{priority}"\n')
+                                else f'priority = "{priority}"\n{_SURGE_COHORT}')
             for prefix, priority in self.classes)
         return _SURGE_CONF.format(
             port=self.port, admin=self.admin_port, adaptive=adaptive, routes=routes,

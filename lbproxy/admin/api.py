@@ -28,7 +28,7 @@ import msgspec
 from aiohttp import web
 
 from lbproxy.admin import metrics, openapi
-from lbproxy.admin.stats import InflightSource, stats_view
+from lbproxy.admin.stats import InflightSource, backend_limit, stats_view
 from lbproxy.admin.webapp import start_app
 from lbproxy.balance.gate import BackendInfo, Cluster
 from lbproxy.control import config
@@ -192,6 +192,8 @@ class AdminAPI:
             "healthy": cluster.state.is_healthy(b.address),  # health check and ejection
             "ejected": cluster.state.is_ejected(b.address),
             "inflight": self.inflight(cluster.name, b.address),
+            # the adaptive concurrency limit in this process (null: overload control off)
+            "limit": backend_limit(cluster.state, b.slot),
         }
 
     def clusters_view(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from lbproxy.admin.stats import FAILURE_NAMES, RESPONSE_CLASSES
+from lbproxy.admin.stats import FAILURE_NAMES, RESPONSE_CLASSES, overload_view
 from lbproxy.balance import latency
 from lbproxy.balance.gate import Outcome
 from lbproxy.control.snapshot import Snapshot
@@ -87,8 +87,48 @@ class LbproxyCollector(Collector):
             "lbproxy_request_duration_seconds",
             "Backend request latency, lease start to end (octave buckets, exact).",
             labels=["cluster", "backend"])
+        limit = GaugeMetricFamily(
+            "lbproxy_backend_limit", "Adaptive concurrency limit of the backend (this process).",
+            labels=["cluster", "backend"])
+        refusals = CounterMetricFamily(
+            "lbproxy_refusals", "Requests the gate refused before any backend saw them, by "
+            "X-Lbproxy-Error code (overload's own: lbproxy_shed_total).",
+            labels=["cluster", "code"])
+        shed = CounterMetricFamily(
+            "lbproxy_shed", "Requests shed by overload control (503 overloaded), by route "
+            "priority and reason.", labels=["cluster", "priority", "reason"])
+        queue_length = GaugeMetricFamily(
+            "lbproxy_queue_length", "Requests waiting in the admission queue.",
+            labels=["cluster"])
+        queue_wait = GaugeMetricFamily(
+            "lbproxy_queue_oldest_wait_seconds", "How long the longest-waiting request has "
+            "waited in the admission queue.", labels=["cluster"])
+        queue_admitted = CounterMetricFamily(
+            "lbproxy_queue_admitted", "Requests admitted after waiting in the queue.",
+            labels=["cluster"])
+        queue_wait_total = CounterMetricFamily(
+            "lbproxy_queue_wait_seconds", "Total time requests admitted after waiting spent "
+            "in the queue.", labels=["cluster"])
+        level = GaugeMetricFamily(
+            "lbproxy_admission_level", "Share of (priority, cohort) positions admitted "
+            "(DAGOR admission level; 1 = everything).", labels=["cluster"])
         for name, cluster in snap.clusters.items():
             state = cluster.state
+            for code, n in sorted(state.refusals.items()):
+                refusals.add_metric([name, code], n)
+            view = overload_view(state.overload)
+            if view is not None and state.overload is not None:
+                for priority, reasons in view["shed"].items():
+                    for reason, n in reasons.items():
+                        shed.add_metric([name, priority, reason], n)
+                q = view["queue"]
+                queue_length.add_metric([name], q["length"])
+                queue_wait.add_metric([name], q["oldest_wait_ms"] / 1e3)
+                queue_admitted.add_metric([name], q["admitted_after_wait"])
+                queue_wait_total.add_metric([name], q["wait_ms_total"] / 1e3)
+                level.add_metric([name], view["admission_level"])
+                for b in cluster.backends:
+                    limit.add_metric([name, b.address], state.overload.limit(b.slot).limit)
             for b in cluster.backends:
                 labels = [name, b.address]
                 c = state.counters[b.slot]
@@ -115,6 +155,14 @@ class LbproxyCollector(Collector):
         yield healthy
         yield ejected
         yield duration
+        yield limit
+        yield refusals
+        yield shed
+        yield queue_length
+        yield queue_wait
+        yield queue_admitted
+        yield queue_wait_total
+        yield level
         yield GaugeMetricFamily("lbproxy_config_version", "Version of the snapshot in force.",
                                 value=snap.version)
         yield GaugeMetricFamily("lbproxy_ready", "1 while /ready answers 200.",

@@ -52,6 +52,26 @@ _SUMMARY_PROPS: dict[str, Any] = {
                    "properties": {k: _MS for k in ("p50", "p90", "p99", "p999")}},
 }
 
+_LIMIT = {"type": ["integer", "null"], "minimum": 1,
+          "description": "Adaptive concurrency limit (this process); null when off"}
+_BY_REASON = {"type": "object", "properties": {
+    r: _COUNT for r in ("shed", "queue_timeout", "self_protect")}}
+_OVERLOAD = {
+    "type": ["object", "null"],
+    "description": "Overload control; null when adaptive_concurrency is disabled",
+    "properties": {
+        "algorithm": {"type": "string", "enum": ["gradient2", "aimd", "vegas"]},
+        "admission_level": {"type": "number", "minimum": 0, "maximum": 1,
+                            "description": "Share of (priority, cohort) positions admitted"},
+        "queue": {"type": "object", "properties": {
+            "length": _COUNT, "oldest_wait_ms": {"type": "number"},
+            "admitted_after_wait": _COUNT, "wait_ms_total": {"type": "number"},
+            "standing": {"type": "array", "items": {"type": "string"}}}},
+        "shed": {"type": "object", "properties": {
+            p: _BY_REASON for p in ("critical", "normal", "sheddable")}},
+    },
+}
+
 SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
@@ -96,7 +116,7 @@ SCHEMAS: dict[str, Any] = {
                        "zone": {"type": "string"},
                        "state": {"type": "string", "enum": ["drain", "active"]},
                        "healthy": {"type": "boolean"}, "ejected": {"type": "boolean"},
-                       "inflight": _COUNT},
+                       "inflight": _COUNT, "limit": _LIMIT},
     },
     "Clusters": {
         "type": "object", "required": ["clusters"],
@@ -113,9 +133,16 @@ SCHEMAS: dict[str, Any] = {
             "version": {"type": "integer"},
             "clusters": {"type": "object", "additionalProperties": {
                 "type": "object",
-                "properties": {**_SUMMARY_PROPS, "backends": {"type": "array", "items": {
-                    "type": "object",
-                    "properties": {"address": {"type": "string"}, **_SUMMARY_PROPS}}}}}},
+                "properties": {
+                    **_SUMMARY_PROPS,
+                    "refusals": {"type": "object", "additionalProperties": _COUNT,
+                                 "description": "503s the gate answered before any backend "
+                                                "saw the request, by X-Lbproxy-Error code"},
+                    "overload": _OVERLOAD,
+                    "backends": {"type": "array", "items": {
+                        "type": "object",
+                        "properties": {"address": {"type": "string"}, **_SUMMARY_PROPS,
+                                       "limit": _LIMIT}}}}}},
         },
     },
     "Ready": {"type": "object", "required": ["ready"],

@@ -13,12 +13,16 @@ duplicated report cannot be confused with a reset.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from lbproxy.balance import latency
 from lbproxy.balance.gate import BACKEND_FAILURES, BackendCounters, ClusterState, Outcome
+from lbproxy.control.config import PRIORITIES
 from lbproxy.control.snapshot import Snapshot
+from lbproxy.policies.admission_level import POSITIONS
+from lbproxy.policies.overload import REASONS, OverloadControl
 
 PERCENTILES: tuple[tuple[str, float], ...] = (
     ("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999))
@@ -54,7 +58,8 @@ def stats_view(snapshot: Snapshot, inflight: InflightSource) -> dict[str, Any]:
             c = counters[b.slot]
             entry = {"address": b.address,
                      **_summary(c.requests, c.responses, c.by_outcome, c.latency,
-                                inflight(name, b.address), c.retries)}
+                                inflight(name, b.address), c.retries),
+                     "limit": backend_limit(cluster.state, b.slot)}
             backends.append(entry)
         members = [counters[b.slot] for b in cluster.backends]
         clusters[name] = {
@@ -66,9 +71,40 @@ def stats_view(snapshot: Snapshot, inflight: InflightSource) -> dict[str, Any]:
                 sum(e["inflight"] for e in backends),
                 sum(c.retries for c in members),
             ),
+            "refusals": dict(sorted(cluster.state.refusals.items())),
+            "overload": overload_view(cluster.state.overload),
             "backends": backends,
         }
     return {"version": snapshot.version, "clusters": clusters}
+
+
+def backend_limit(state: ClusterState, slot: int) -> int | None:
+    """A backend's adaptive concurrency limit now (None: overload control is off)."""
+    overload = state.overload
+    return None if overload is None else overload.limit(slot).limit
+
+
+def overload_view(overload: OverloadControl | None) -> dict[str, Any] | None:
+    """A cluster's overload control: queue, admission level and shed requests."""
+    if overload is None:
+        return None
+    now = time.monotonic_ns()
+    queue = overload.queue
+    return {
+        "algorithm": overload.config.algorithm,
+        # DAGOR's admission level: the share of (class, cohort) positions admitted.
+        "admission_level": round(overload.level.level / POSITIONS, 4),
+        "queue": {
+            "length": sum(1 for lane in queue.lanes for w in lane if not w.done),
+            "oldest_wait_ms": round(queue.oldest_wait_ns(now) / 1e6, 3),
+            "admitted_after_wait": queue.served,
+            "wait_ms_total": round(queue.wait_ns_total / 1e6, 3),
+            "standing": [p for p, c in zip(PRIORITIES, queue.codels, strict=True)
+                         if c.overloaded],
+        },
+        "shed": {p: {r: overload.shed_count(i, j) for j, r in enumerate(REASONS)}
+                 for i, p in enumerate(PRIORITIES)},
+    }
 
 
 # ---- worker → supervisor -------------------------------------------------------------

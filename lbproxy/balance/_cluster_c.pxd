@@ -12,6 +12,7 @@ from lbproxy._codes cimport *  # every shared code, as C enums
 from lbproxy.balance._latency_c cimport bucket_index
 
 cdef int64_t _PENALTY_NS, _NEVER_NS
+cdef Py_ssize_t N_REASONS, _COHORTS, _SHEDDABLE
 
 
 @cython.final
@@ -36,7 +37,10 @@ cdef class ClusterState:
     cdef public int64_t wake_ns
     cdef tuple _admission, _per_request, _timed, _observers, _success_observers
     cdef public tuple retry_admission
+    cdef public object overload
+    cdef public dict refusals
 
+    cpdef refused(self, refusal)
     cpdef wake_at(self, int64_t when_ns)
     cpdef wake(self, int64_t now_ns)
 
@@ -48,9 +52,12 @@ cdef class Lease:
     cdef readonly object backend
     cdef readonly Py_ssize_t slot
     cdef readonly int64_t started_ns
+    cdef public Py_ssize_t inflight
+    cdef public int64_t sent_ns, head_ns
 
     @cython.locals(state=ClusterState, c=BackendCounters, o=int, rtt=int64_t, i=Py_ssize_t,
-                   failed=bint, buckets=list, by_outcome=list, responses=list)
+                   failed=bint, buckets=list, by_outcome=list, responses=list,
+                   dropped=bint, head=int64_t, sent=int64_t, sample=int64_t)
     cpdef end(self, outcome, int64_t now_ns, int status=*)
 
 
@@ -65,6 +72,13 @@ cdef class Cluster:
     cdef bint _pick_with_now
 
     @cython.locals(state=ClusterState, slot=Py_ssize_t)
-    cpdef begin(self, bytes key, int64_t now_ns, Py_ssize_t attempt=*, tuple exclude=*)
+    cpdef begin(self, bytes key, int64_t now_ns, Py_ssize_t attempt=*, tuple exclude=*,
+                Py_ssize_t priority=*, Py_ssize_t cohort=*)
+    @cython.locals(slot=Py_ssize_t)
+    cpdef admit_waiting(self, bytes key, int64_t now_ns, Py_ssize_t priority)
+    @cython.locals(limit=Py_ssize_t)
+    cdef bint _fits(self, object overload, Py_ssize_t slot, Py_ssize_t priority) except -1
+    @cython.locals(slot=Py_ssize_t, best=Py_ssize_t, most=Py_ssize_t, room=Py_ssize_t)
+    cdef Py_ssize_t _room(self, object overload, bytes key, Py_ssize_t priority) except -2
     @cython.locals(state=ClusterState, counters=BackendCounters, lease=Lease)
     cdef Lease _lease(self, Py_ssize_t slot, int64_t now_ns, bint retry)

@@ -40,10 +40,18 @@ from typing import TYPE_CHECKING, Any, Protocol, final
 from lbproxy.balance import latency, selectors
 from lbproxy.codes import Outcome
 from lbproxy.control.config import ClusterConfig, backend_of, parse_hostport
+from lbproxy.policies.admission_level import COHORTS
+from lbproxy.policies.overload import REASONS
 
 if not cython.compiled:  # compiled, _cluster_c.pxd cimports these as C declarations
     from lbproxy.balance.latency import bucket_index
-    from lbproxy.codes import N_OUTCOMES, OUTCOME_CLIENT_ABORT, OUTCOME_OK
+    from lbproxy.codes import (
+        N_OUTCOMES,
+        OUTCOME_CLIENT_ABORT,
+        OUTCOME_HTTP_5XX,
+        OUTCOME_OK,
+        OUTCOME_TIMEOUT,
+    )
 
 if TYPE_CHECKING:
     from lbproxy.balance.selectors import BackendLoad
@@ -61,6 +69,9 @@ FAILURE_PENALTY_NS = 1_000_000_000
 NEVER_NS = (1 << 63) - 1  # a wake-up time that never comes
 _PENALTY_NS = FAILURE_PENALTY_NS  # the same values as C constants in the compiled build
 _NEVER_NS = NEVER_NS
+N_REASONS = len(REASONS)  # overload.shed is indexed priority * N_REASONS + reason
+_COHORTS = COHORTS
+_SHEDDABLE = 2  # the last priority class (lbproxy.control.config.PRIORITIES)
 
 # Why a slot is not accepted by selection; any bit set -> BackendLoad.set_accept(slot, False).
 REFUSE_DRAIN = 1  # an operator drained it (admin PATCH state=drain)
@@ -94,6 +105,10 @@ class Refusal:
 
 
 NO_HEALTHY_BACKEND = Refusal("no_healthy_backend", 1)
+# Overload control (lbproxy/policies/overload.py): the 503 a shed request gets, and the
+# answer that tells the data plane to park the request in the cluster's queue instead.
+OVERLOADED = Refusal("overloaded", 1)
+WAIT = Refusal("wait", 0)
 
 
 class AdmissionPolicy(Protocol):
@@ -152,8 +167,8 @@ class ClusterState:  # final: _cluster_c.pxd declares it @cython.final
     __slots__ = ("_admission", "_drained", "_ejected", "_free", "_observers", "_per_request",
                  "_refuse", "_retiring", "_success_observers", "_timed", "_unhealthy",
                  "active", "addresses", "counters", "generation", "load", "name",
-                 "panic_threshold", "panicking", "requests", "retries", "retry_admission",
-                 "slots", "wake_ns")
+                 "overload", "panic_threshold", "panicking", "refusals", "requests",
+                 "retries", "retry_admission", "slots", "wake_ns")
 
     def __init__(self, name: str, *, capacity: int = 8, decay_ns: int = 10_000_000_000) -> None:
         self.name = name
@@ -183,6 +198,11 @@ class ClusterState:  # final: _cluster_c.pxd declares it @cython.final
         self._success_observers: tuple[Any, ...] = ()  # the observers told of successes
         # Consulted after `admission` for retries only (attempt > 0): the retry budget.
         self.retry_admission: tuple[Any, ...] = ()
+        # Adaptive limits, admission level and queue (lbproxy/policies/overload.py), or
+        # None when the cluster's adaptive_concurrency is disabled.
+        self.overload: Any = None
+        # Refusals the gate answered, by code (overload's own are counted by the policy).
+        self.refusals: dict[str, int] = {}
 
     # -- plug-in points ---------------------------------------------------------------
 
@@ -208,6 +228,11 @@ class ClusterState:  # final: _cluster_c.pxd declares it @cython.final
         self._observers = tuple(observers)
         self._success_observers = tuple(
             o for o in self._observers if not getattr(o, "successes_from_counters", False))
+
+    def refused(self, refusal: Refusal) -> None:
+        """Count a refusal by its code (/stats and lbproxy_refusals_total read these)."""
+        refusals = self.refusals
+        refusals[refusal.code] = refusals.get(refusal.code, 0) + 1
 
     def wake_at(self, when_ns: int) -> None:
         """Ask `begin()` to wake the timed admission policies at `when_ns` (or earlier)."""
@@ -301,6 +326,8 @@ class ClusterState:  # final: _cluster_c.pxd declares it @cython.final
             if slot >= self.load.capacity:
                 self.load.ensure_capacity(max(slot + 1, 2 * self.load.capacity))
         self.load.reset(slot)
+        if self.overload is not None:
+            self.overload.reset_slot(slot)  # a newcomer starts from the initial limit
         self.addresses[slot] = address
         self.counters[slot] = BackendCounters()
         self._refuse[slot] = REFUSE_DRAIN if address in self._drained else 0
@@ -401,7 +428,8 @@ class ClusterState:  # final: _cluster_c.pxd declares it @cython.final
 class Lease:  # final: _cluster_c.pxd declares it @cython.final
     """One admitted request on one backend; `end()` it exactly once."""
 
-    __slots__ = ("_counters", "_state", "backend", "slot", "started_ns")
+    __slots__ = ("_counters", "_state", "backend", "head_ns", "inflight", "sent_ns", "slot",
+                 "started_ns")
 
     def __init__(self, state: ClusterState, backend: BackendInfo, started_ns: int) -> None:
         self._state: ClusterState | None = state
@@ -409,9 +437,17 @@ class Lease:  # final: _cluster_c.pxd declares it @cython.final
         self.backend = backend
         self.slot = backend.slot
         self.started_ns = started_ns
+        self.inflight = 0
+        self.sent_ns = 0
+        self.head_ns = 0
 
     def end(self, outcome: int, now_ns: int, status: int = 0) -> None:
-        """Return the backend: in-flight -= 1, latency sample, counters, observers."""
+        """Return the backend: in-flight -= 1, latency sample, counters, observers.
+
+        The data plane sets ``sent_ns`` when the whole request has gone upstream and
+        ``head_ns`` when the response head arrived: the backend's own time between the
+        two is what its adaptive limit learns from (an upload's transfer time is not).
+        """
         state = self._state
         if state is None:
             raise RuntimeError("Lease.end() called twice")
@@ -433,6 +469,17 @@ class Lease:  # final: _cluster_c.pxd declares it @cython.final
             if rtt < _PENALTY_NS:
                 rtt = _PENALTY_NS
         state.load.finish(self.slot, rtt, now_ns)
+        overload = state.overload
+        if overload is not None:
+            # Timeouts and 5xx are drops (Netflix's didDrop); a connect failure or reset
+            # says nothing about the backend's queue, and is not sampled.
+            dropped = o in (OUTCOME_TIMEOUT, OUTCOME_HTTP_5XX)
+            head = self.head_ns
+            if head or dropped:
+                sent = self.sent_ns if self.sent_ns > self.started_ns else self.started_ns
+                sample = (head if head else now_ns) - sent
+                overload.limit(self.slot).sample(sample if sample > 0 else 0, self.inflight,
+                                                 dropped, now_ns)
         by_outcome = c.by_outcome
         by_outcome[o] += 1
         responses = c.responses
@@ -441,6 +488,8 @@ class Lease:  # final: _cluster_c.pxd declares it @cython.final
         # A success reaches only the observers that cannot read it from the counters.
         for observer in state._observers if o != OUTCOME_OK else state._success_observers:
             observer.observe(self.backend, outcome, status, rtt, now_ns)
+        if overload is not None and overload.queue.length:
+            overload.queue.serve(now_ns)  # the room this lease held goes to a waiter
 
 
 def _build_selector(cfg: ClusterConfig, slots: list[int], addresses: list[str],
@@ -508,8 +557,15 @@ class Cluster:  # final: _cluster_c.pxd declares it @cython.final
             self.state.commit(plan)
 
     def begin(self, key: bytes, now_ns: int, attempt: int = 0,
-              exclude: tuple[int, ...] = ()) -> Lease | Refusal:
-        """Admit, select and account one request: a `Lease` to end later, or a `Refusal`."""
+              exclude: tuple[int, ...] = (), priority: int = 1,
+              cohort: int = 0) -> Lease | Refusal:
+        """Admit, select and account one request: a `Lease` to end later, or a `Refusal`.
+
+        With overload control on, `priority` (0 critical, 1 normal, 2 sheddable) and
+        `cohort` (0-127, a hash of the viewer) place the request in the admission order,
+        and the answer may be `WAIT`: the data plane parks the request in
+        ``state.overload.queue``, which admits it through `admit_waiting` when room frees.
+        """
         # `attempt` is 0 for a first try and counts retries, so a retry budget (an admission
         # policy) can refuse retries without the data plane knowing budgets exist.
         if attempt:
@@ -520,10 +576,77 @@ class Cluster:  # final: _cluster_c.pxd declares it @cython.final
         for policy in state._per_request:
             refusal = policy.admit(self, now_ns, attempt)
             if refusal is not None:
+                state.refused(refusal)
                 return refusal
+        overload = state.overload
+        if overload is not None:
+            level = overload.level
+            if now_ns >= level.window_end_ns:
+                overload.close_window(now_ns)
+            if not level.admits(priority * _COHORTS + cohort):
+                overload.shed[priority * N_REASONS] += 1  # reason SHED
+                return OVERLOADED
         slot = self._pick(key, now_ns) if self._pick_with_now else self._pick(key)
         if slot < 0:
+            state.refused(NO_HEALTHY_BACKEND)
             return NO_HEALTHY_BACKEND
+        if overload is not None and not self._fits(overload, slot, priority):
+            slot = self._room(overload, key, priority)
+            if slot < 0:
+                queue = overload.queue
+                # Sheddable work uses spare room only and never waits. Other classes
+                # wait, unless their queue stands: a newcomer would only wait to be shed,
+                # so it is refused now, which is what keeps refusals fast. Critical
+                # requests always wait (bounded by CoDel and max_wait).
+                if (priority < _SHEDDABLE and queue.length < queue.max_pending
+                        and not (priority and queue.codels[priority].standing(now_ns))):
+                    return WAIT
+                overload.shed[priority * N_REASONS] += 1
+                return OVERLOADED
+        return self._lease(slot, now_ns, False)
+
+    def _fits(self, overload: Any, slot: int, priority: int) -> bool:
+        """Whether a request of `priority` fits under `slot`'s adaptive limit.
+
+        Netflix's PartitionedLimiter habit: sheddable work may not take the last quarter
+        of a backend's limit (at least one request), which stays free for the classes that
+        matter, so a critical request is not kept waiting behind prefetches.
+        """
+        limit = overload.limit(slot).limit
+        if priority == _SHEDDABLE:
+            limit -= limit // 4 if limit >= 4 else 1
+        return self.state.load.inflight(slot) < limit
+
+    def _room(self, overload: Any, key: bytes, priority: int) -> int:
+        """An accepted backend with room for `priority`, in the selector's fallback order:
+        a key's next Maglev candidates, else the backend with the most room; -1 if none."""
+        load = self.state.load
+        if self._fallback is not None:
+            for slot in self._fallback(key, len(self.backends)):
+                if load.accepts(slot) and self._fits(overload, slot, priority):
+                    return slot
+            return -1
+        best = -1
+        most = 0
+        for b in self.backends:
+            slot = b.slot
+            if load.accepts(slot) and self._fits(overload, slot, priority):
+                room = overload.limit(slot).limit - load.inflight(slot)
+                if room > most:
+                    best = slot
+                    most = room
+        return best
+
+    def admit_waiting(self, key: bytes, now_ns: int, priority: int) -> Lease | None:
+        """A lease for a queued request if some backend has room now, else None."""
+        overload = self.state.overload
+        slot = self._pick(key, now_ns) if self._pick_with_now else self._pick(key)
+        if slot < 0:
+            return None
+        if overload is not None and not self._fits(overload, slot, priority):
+            slot = self._room(overload, key, priority)
+            if slot < 0:
+                return None
         return self._lease(slot, now_ns, False)
 
     def _lease(self, slot: int, now_ns: int, retry: bool) -> Lease:
@@ -544,6 +667,9 @@ class Cluster:  # final: _cluster_c.pxd declares it @cython.final
         lease.backend = self._by_slot[slot]  # type: ignore[assignment]
         lease.slot = slot
         lease.started_ns = now_ns
+        lease.inflight = state.load.inflight(slot)
+        lease.sent_ns = 0
+        lease.head_ns = 0
         return lease
 
     def _begin_retry(self, key: bytes, now_ns: int, attempt: int,
@@ -553,10 +679,17 @@ class Cluster:  # final: _cluster_c.pxd declares it @cython.final
         for policy in state.admission + state.retry_admission:
             refusal = policy.admit(self, now_ns, attempt)
             if refusal is not None:
+                state.refused(refusal)
                 return refusal
         slot = self._pick_other(key, now_ns, exclude)
         if slot < 0:
-            return NO_HEALTHY_BACKEND
+            return NO_HEALTHY_BACKEND  # the failed attempt's error stands: not a refusal
+        overload = state.overload
+        if overload is not None and not self._fits(overload, slot, 1):
+            # Retries count against the same limits; a retry never waits in the queue
+            # (the failed attempt already took its time): the failure stands.
+            overload.shed[N_REASONS] += 1  # counted as normal, reason SHED
+            return OVERLOADED
         return self._lease(slot, now_ns, True)
 
     def _pick_other(self, key: bytes, now_ns: int, exclude: tuple[int, ...]) -> int:

@@ -20,6 +20,9 @@ import msgspec
 from lbproxy.balance._selectors_check import MAX_WEIGHT  # the selectors' bound, named once
 
 Policy = Literal["maglev", "p2c", "round_robin"]
+Limiter = Literal["gradient2", "aimd", "vegas"]
+Priority = Literal["critical", "normal", "sheddable"]
+PRIORITIES: tuple[str, ...] = ("critical", "normal", "sheddable")  # most valuable first
 POLICIES: tuple[str, ...] = ("maglev", "p2c", "round_robin")
 HASH_ON_KINDS = ("path", "path_regex:", "header:", "query:", "cookie:")
 DEFAULT_TABLE_SIZE = 65537
@@ -142,6 +145,46 @@ class Retry(_Base, frozen=True):
     min_retries_per_second: float = 3.0  # always allowed, however few requests (Finagle)
 
 
+class AdaptiveConcurrency(_Base, frozen=True):
+    """A concurrency limit per backend learned from latency (Netflix concurrency-limits);
+    no capacity is configured. On for every cluster unless `enabled = false`."""
+
+    enabled: bool = True  # on with no configuration, as outlier detection is
+    algorithm: Limiter = "gradient2"  # "gradient2" (default) | "aimd" | "vegas"
+    initial_limit: int = 20  # each backend's limit before its first window (Netflix: 20)
+    # Netflix's Gradient2 floors at 20; an origin serving 2-4 requests at once would then
+    # never be protected, so the floor here is 1 (the limit itself is never pinned low).
+    min_limit: int = 1
+    max_limit: int = 1000  # Netflix: maxConcurrency 200 (Gradient2), 1000 (Vegas)
+    smoothing: float = 0.2  # Gradient2/Vegas: share of a new estimate taken per window
+    # Gradient2: how much the limit may grow per window (Netflix: 4); 0 = sqrt(limit)
+    # while the RTT is at its baseline, then 1 (Netflix's Log10RootFunction under 100).
+    queue_size: int = 0
+    long_window: int = 600  # Gradient2: samples in the long-term RTT average
+    # Gradient2: the window RTT may reach this x the no-load RTT before the limit falls
+    # (Netflix's GradientLimit uses 2.0; lower keeps the backends' queues shorter).
+    rtt_tolerance: float = 1.25
+    backoff_ratio: float = 0.9  # AIMD: the limit is multiplied by this on a drop
+    # The sampling window (Netflix's WindowedLimit): at least `window_size` samples and
+    # min_window..max_window seconds (2x the window's RTT in between). Netflix uses 1 s;
+    # shorter here so a surge is met within a few hundred milliseconds.
+    min_window: float = 0.1
+    max_window: float = 1.0  # seconds; the longest a sampling window lasts
+    window_size: int = 10  # samples a window needs before it updates the limit
+
+
+class Queue(_Base, frozen=True):
+    """The bounded admission queue in front of a cluster's backends, governed by CoDel
+    (Nichols & Jacobson 2012; Facebook's "Fail at Scale" and folly/executors/Codel.cpp)."""
+
+    max_pending: int = 1000  # requests waiting at once (this process); more are shed
+    # When the minimum queueing delay over one interval exceeds the target, the queue is
+    # overloaded: requests waiting longer than 2 x target are shed and it serves LIFO.
+    codel_target_ms: float = 5.0
+    codel_interval_ms: float = 100.0  # CoDel's interval: how long a delay must stand
+    max_wait_ms: float = 500.0  # no request waits longer than this, overloaded or not
+
+
 class ClusterConfig(_Base, frozen=True):
     """A named pool of backends and the policy that picks among them."""
 
@@ -161,6 +204,9 @@ class ClusterConfig(_Base, frozen=True):
     health_check: HealthCheck | None = None
     circuit_breaker: CircuitBreaker = msgspec.field(default_factory=CircuitBreaker)
     retry: Retry = msgspec.field(default_factory=Retry)
+    adaptive_concurrency: AdaptiveConcurrency = msgspec.field(
+        default_factory=AdaptiveConcurrency)
+    queue: Queue = msgspec.field(default_factory=Queue)
 
 
 class RouteConfig(_Base, frozen=True):
@@ -178,6 +224,13 @@ class RouteConfig(_Base, frozen=True):
     # "cookie:NAME" (an absent one hashes as the empty key). Other policies ignore it.
     hash_on: str | None = None
     max_body_bytes: int | None = None  # overrides limits.max_body_bytes for this route
+    # Under overload the least valuable work is shed first: "sheddable" (prefetch) before
+    # "normal" before "critical" (playback).
+    priority: Priority = "normal"
+    # What puts a request in a cohort (hash_on syntax; the client address when unset): in
+    # deep overload whole cohorts of one class are shed, so the same viewers stay served
+    # (DAGOR, Zhou et al., SoCC 2018, user-level priorities).
+    cohort_on: str | None = None
 
 
 class Config(_Base, frozen=True):
@@ -352,6 +405,27 @@ def validate_resilience(cl: ClusterConfig, base: str) -> list[tuple[str, str]]:
     need(0 <= cl.retry.attempts <= 10, "retry.attempts", "must be 0-10 (0 disables retries)")
     need(0 <= cl.retry.budget_percent <= 100, "retry.budget_percent", "must be 0-100 (percent)")
     need(cl.retry.min_retries_per_second >= 0, "retry.min_retries_per_second", "must be >= 0")
+    ac = cl.adaptive_concurrency
+    for name in ("initial_limit", "min_limit", "max_limit", "window_size", "long_window"):
+        need(getattr(ac, name) >= 1, f"adaptive_concurrency.{name}", "must be >= 1")
+    need(ac.queue_size >= 0, "adaptive_concurrency.queue_size", "must be >= 0")
+    need(ac.min_limit <= ac.max_limit, "adaptive_concurrency.max_limit",
+         f"must be >= min_limit ({ac.min_limit})")
+    need(ac.min_limit <= ac.initial_limit <= ac.max_limit, "adaptive_concurrency.initial_limit",
+         f"must be within min_limit..max_limit ({ac.min_limit}..{ac.max_limit})")
+    need(0 < ac.smoothing <= 1, "adaptive_concurrency.smoothing", "must be > 0 and <= 1")
+    need(ac.rtt_tolerance >= 1, "adaptive_concurrency.rtt_tolerance", "must be >= 1")
+    need(0 < ac.backoff_ratio < 1, "adaptive_concurrency.backoff_ratio", "must be > 0 and < 1")
+    need(ac.min_window > 0, "adaptive_concurrency.min_window", "must be > 0 (seconds)")
+    need(ac.max_window >= ac.min_window, "adaptive_concurrency.max_window",
+         f"must be >= min_window ({ac.min_window})")
+    q = cl.queue
+    need(q.max_pending >= 1, "queue.max_pending", "must be >= 1")
+    need(q.codel_target_ms > 0, "queue.codel_target_ms", "must be > 0 (milliseconds)")
+    need(q.codel_interval_ms > q.codel_target_ms, "queue.codel_interval_ms",
+         f"must be > codel_target_ms ({q.codel_target_ms})")
+    need(q.max_wait_ms >= 2 * q.codel_target_ms, "queue.max_wait_ms",
+         f"must be >= 2 x codel_target_ms ({2 * q.codel_target_ms})")
     return errors
 
 
@@ -402,6 +476,8 @@ def validate(cfg: Config) -> list[tuple[str, str]]:
             errors.append((f"{base}.path_prefix", "must start with '/'"))
         if rt.hash_on is not None and (msg := _validate_hash_on(rt.hash_on)):
             errors.append((f"{base}.hash_on", msg))
+        if rt.cohort_on is not None and (msg := _validate_hash_on(rt.cohort_on)):
+            errors.append((f"{base}.cohort_on", msg))
         if rt.host is not None and not rt.host.strip():
             errors.append((f"{base}.host", "must not be empty"))
         if rt.max_body_bytes is not None and rt.max_body_bytes < 0:

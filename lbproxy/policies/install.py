@@ -1,8 +1,9 @@
 """Installing a cluster's policies in its `ClusterState`.
 
-Owns turning a `ClusterConfig`'s panic threshold, outlier detection, circuit breaker and
-retry budget into the `ClusterState.admission` / `.observers` / `.retry_admission` tuples
-`Cluster.begin()` and `Lease.end()` consult (`install`, called for every snapshot build;
+Owns turning a `ClusterConfig`'s panic threshold, outlier detection, circuit breaker,
+retry budget and overload control (``state.overload``) into the `ClusterState.admission`
+/ `.observers` / `.retry_admission` tuples `Cluster.begin()` and `Lease.end()` consult
+(`install`, called for every snapshot build;
 an `OutlierDetector` already in place is kept, so ejections and streaks survive a reload,
 and so is a `RetryBudget` whose figures did not change). The work these policies do off
 the request path (health checks, the ejection sweep) is lbproxy/control/upkeep.py's.
@@ -11,10 +12,11 @@ Must not touch sockets.
 
 from __future__ import annotations
 
-from lbproxy.balance.gate import AdmissionPolicy, ClusterState, OutcomeObserver
+from lbproxy.balance.gate import OVERLOADED, AdmissionPolicy, ClusterState, OutcomeObserver
 from lbproxy.control.config import ClusterConfig
 from lbproxy.policies.breaker import Breaker
 from lbproxy.policies.outlier import OutlierDetector
+from lbproxy.policies.overload import OverloadControl
 from lbproxy.policies.retry import RetryBudget
 
 
@@ -49,7 +51,27 @@ def install(state: ClusterState, cfg: ClusterConfig) -> None:
     state.observers = tuple(observers)
     state.retry_admission = _retry_admission(state, cfg)
     state.set_panic_threshold(cfg.panic_threshold)
+    _install_overload(state, cfg)
 
+
+def _install_overload(state: ClusterState, cfg: ClusterConfig) -> None:
+    """Adaptive limits, admission level and queue: kept across reloads (limits learned
+    so far stay), dropped when disabled (waiters are then admitted as room frees)."""
+    ac = cfg.adaptive_concurrency
+    current = state.overload
+    if not ac.enabled:
+        state.overload = None
+        if current is not None:
+            current.release_all()
+        return
+    if current is None:
+        current = OverloadControl(ac, cfg.queue, OVERLOADED)
+        for slot, address in enumerate(state.addresses):
+            if address is not None:
+                current.limit(slot)
+        state.overload = current
+    else:
+        current.reconfigure(ac, cfg.queue)
 
 def _retry_admission(state: ClusterState, cfg: ClusterConfig) -> tuple[AdmissionPolicy, ...]:
     """The retry budget (kept across reloads while its figures stay) and others' policies."""

@@ -24,7 +24,7 @@ cdef int K_NONE, K_IDLE, K_HEAD, K_BODY, K_STALL, K_LINGER
 cdef int U_NONE, U_CONNECT, U_HEADERS, U_IDLE
 cdef double LINGER_S, _INF
 cdef object _now_ns, RequestParser, ParserUpgrade, ParserError
-cdef object Refusal, errors, analyse_request
+cdef object Refusal, Waiter, errors, analyse_request
 
 
 @cython.final
@@ -39,7 +39,7 @@ cdef class Exchange:
     cdef public UpstreamConnection up
     cdef public UpstreamPool pool
     cdef public Lease lease
-    cdef public object connect_task, snapshot
+    cdef public object connect_task, snapshot, waiter
     cdef public bytes host, method, path, query, upstream_head
     cdef public list headers, pending
     cdef public double t_connect, t_client_body_idle, t_upstream_headers, t_upstream_idle
@@ -100,8 +100,15 @@ cdef class ClientConnection(HeadCollector):
     @cython.locals(was_in_head=bint, at_boundary=bint)
     cdef bint _feed(self, bytes data) except -1
     cdef void _cache_snapshot(self, snap) except *
-    @cython.locals(pool=UpstreamPool, now=double, max_body=Py_ssize_t, cluster=Cluster)
+    @cython.locals(max_body=Py_ssize_t, cluster=Cluster, now_ns=int64_t, priority=Py_ssize_t)
     cdef void _start(self, Exchange ex) except *
+    # The admission queue (pure Python) calls these two by name.
+    @cython.locals(ex=Exchange)
+    cpdef admitted(self, waiter, Lease lease)
+    @cython.locals(ex=Exchange)
+    cpdef refused(self, waiter, refusal)
+    @cython.locals(pool=UpstreamPool, now=double)
+    cdef void _leased(self, Exchange ex, Lease gate) except *
     @cython.locals(body=bytes, first=bytes)
     cdef bytes first_upstream_bytes(self, Exchange ex)
     cdef bint may_keep_alive(self, Exchange ex) except -1
@@ -116,6 +123,7 @@ cdef class ClientConnection(HeadCollector):
     cdef void resume_for_upstream(self) except *
     @cython.locals(lease=Lease)
     cdef void _end_lease(self, Exchange ex, int outcome) except *
+    @cython.locals(waiter=object)
     cdef void _finish(self, Exchange ex) except *
     @cython.locals(up=UpstreamConnection)
     cdef void _abandon(self, Exchange ex, int outcome) except *

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from lbproxy.balance.gate import Refusal
+from lbproxy.balance.gate import WAIT, Refusal
+from lbproxy.policies.admission_queue import Waiter
 from lbproxy.proxy import errors
 from lbproxy.proxy.http import analyse_request
 
@@ -154,6 +155,7 @@ class Exchange:
         "tried",
         "up",
         "upstream_head",
+        "waiter",
         "waiting_pool",
     )
 
@@ -191,6 +193,7 @@ class Exchange:
     tried: tuple[int, ...]
     up: UpstreamConnection | None
     upstream_head: bytes
+    waiter: Waiter | None
     waiting_pool: bool
 
     @staticmethod
@@ -239,6 +242,7 @@ class Exchange:
         self.status = 0
         self.tried = ()  # slots of the attempts that failed (retries)
         self.replay = None  # the whole body, when it went in the first write
+        self.waiter = None  # set while the request waits in its cluster's admission queue
         return self
 
 
@@ -653,6 +657,8 @@ class ClientConnection(HeadCollector):
                 assert up.transport is not None
                 up.transport.write(CHUNK_END)
             up.request_complete()
+            if ex.lease is not None:
+                ex.lease.sent_ns = _now_ns()  # the backend's time starts here
             if not up.started:
                 self.up_deadline = self._time() + ex.t_upstream_headers
                 self.up_kind = U_HEADERS
@@ -677,10 +683,45 @@ class ClientConnection(HeadCollector):
             self._local_reply(ex, errors.BODY_TOO_LARGE)
             return
         cluster: Cluster = route.cluster
-        gate = cluster.begin(route.hash_key(ex.path, ex.query, ex.headers), _now_ns())
+        key = route.hash_key(ex.path, ex.query, ex.headers)
+        now_ns = _now_ns()
+        priority = route.priority
+        gate = cluster.begin(key, now_ns, 0, (), priority,
+                             route.cohort(self._client_ip, ex.path, ex.query, ex.headers))
         if type(gate) is Refusal:
+            if gate is WAIT:
+                # No backend has room under its limit: wait in the cluster's queue, which
+                # calls admitted() or refused(). The body keeps arriving into `pending`
+                # only up to BUFFER_LIMIT (the client is paused past it).
+                waiter = Waiter(self, cluster, key, priority, now_ns)
+                if cluster.state.overload.queue.push(waiter):
+                    ex.waiter = waiter
+                    return
+                gate = cluster.state.overload.refusal
             self._local_reply(ex, errors.refusal(gate.code, gate.retry_after))
             return
+        self._leased(ex, gate)
+
+    def admitted(self, waiter: Waiter, lease: Lease) -> None:
+        """The admission queue found room for the waiting request: go upstream."""
+        ex = self._active
+        if ex is None or ex.waiter is not waiter or self._closing:
+            lease.end(OUTCOME_CLIENT_ABORT, _now_ns())  # gone meanwhile: give the room back
+            return
+        ex.waiter = None
+        self._leased(ex, lease)
+
+    def refused(self, waiter: Waiter, refusal: Refusal) -> None:
+        """The admission queue shed the waiting request: 503 overloaded, Retry-After."""
+        ex = self._active
+        if ex is None or ex.waiter is not waiter:
+            return
+        ex.waiter = None
+        self._local_reply(ex, errors.refusal(refusal.code, refusal.retry_after))
+
+    def _leased(self, ex: Exchange, gate: Lease) -> None:
+        """The gate admitted `ex` on a backend: connect (or reuse) and send."""
+        plane = self._plane
         ex.lease = gate
         backend = gate.backend
         pool = self._pools.get((backend.host, backend.port))
@@ -717,6 +758,8 @@ class ClientConnection(HeadCollector):
         if ex.body_done:
             self.up_deadline = self._time() + ex.t_upstream_headers
             self.up_kind = U_HEADERS
+            if ex.lease is not None:
+                ex.lease.sent_ns = _now_ns()  # the backend's time starts here
         else:
             self.up_deadline = _INF
             self.up_kind = U_NONE
@@ -737,6 +780,9 @@ class ClientConnection(HeadCollector):
         """The response head is on its way: the backend is now on the idle clock."""
         self.up_deadline = self.up_last + self._t_upstream_idle
         self.up_kind = U_IDLE
+        ex = self._active
+        if ex is not None and ex.lease is not None:
+            ex.lease.head_ns = _now_ns()  # ... and ends here (its adaptive limit's sample)
 
     def response_done(self, ex: Exchange) -> None:
         """The response was fully relayed: account it, then serve the next request."""
@@ -858,6 +904,10 @@ class ClientConnection(HeadCollector):
         if self._active is ex:
             self._active = None
             self._plane.inflight_requests -= 1
+        waiter = ex.waiter
+        if waiter is not None:
+            ex.waiter = None
+            waiter.cancel()  # still queued: the queue skips it
         self.up_deadline = _INF
         self.up_kind = U_NONE
         if self._pause_bits & P_UPSTREAM:

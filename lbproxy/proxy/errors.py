@@ -81,14 +81,15 @@ BACKEND_TIMEOUT: Final = _build(504, "backend_timeout", "backend timed out", Tru
 # The cluster gate's Refusal codes the client may see, and their bodies (a 503 each).
 REFUSAL_REASONS: Final = {
     "no_healthy_backend": "no healthy backend",
-    "shed": "overloaded, request shed",
+    "overloaded": "overloaded, request shed",
     "circuit_open": "circuit open",
 }
 _REFUSALS: dict[tuple[str, int], ProxyError] = {}
 
 
 def refusal(code: str, retry_after: int) -> ProxyError:
-    """The 503 for a cluster's Refusal (shed, circuit open, no healthy backend), cached."""
+    """The 503 for a cluster's Refusal (overloaded, circuit open, no healthy backend),
+    cached."""
     key = (code, retry_after)
     err = _REFUSALS.get(key)
     if err is None:

@@ -9,8 +9,11 @@ Must not touch the selectors' internals: a route only hands its cluster a key.
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, final
+
+from lbproxy.control.config import PRIORITIES
 
 if TYPE_CHECKING:
     from lbproxy.balance.gate import Cluster
@@ -131,7 +134,8 @@ def compile_hash_on(hash_on: str | None) -> KeyFunction:
 class Route:
     """One compiled route: its match conditions, target cluster and hash-key function."""
 
-    __slots__ = ("_headers", "_host", "_key", "_methods", "_prefix", "cluster", "max_body_bytes")
+    __slots__ = ("_cohort_key", "_headers", "_host", "_key", "_methods", "_prefix", "cluster",
+                 "max_body_bytes", "priority")
 
     def __init__(
         self,
@@ -143,9 +147,13 @@ class Route:
         headers: dict[str, str] | None = None,
         hash_on: str | None = None,
         max_body_bytes: int = 0,
+        priority: str = "normal",
+        cohort_on: str | None = None,
     ) -> None:
         self.cluster = cluster
         self.max_body_bytes = max_body_bytes
+        self.priority = PRIORITIES.index(priority)  # 0 critical, 1 normal, 2 sheddable
+        self._cohort_key = None if cohort_on is None else compile_hash_on(cohort_on)
         # A plain byte prefix, as Envoy's route `prefix`: "/upload" also matches "/uploads";
         # write "/upload/" to require a path segment boundary.
         self._prefix = path_prefix.encode()
@@ -170,6 +178,8 @@ class Route:
             headers=rc.headers,
             hash_on=rc.hash_on,
             max_body_bytes=default_max_body if rc.max_body_bytes is None else rc.max_body_bytes,
+            priority=rc.priority,
+            cohort_on=rc.cohort_on,
         )
 
     def headers_match(self, headers: Headers) -> bool:
@@ -187,6 +197,12 @@ class Route:
     def hash_key(self, path: bytes, query: bytes, headers: Headers) -> bytes:
         """The selector key for this request (b"" when the named part is absent)."""
         return self._key(path, query, headers)
+
+    def cohort(self, client: bytes, path: bytes, query: bytes, headers: Headers) -> int:
+        """The request's cohort, 0-127: a stable hash of its `cohort_on` key (the client
+        address by default), the same in every worker (CRC-32, not Python's salted hash)."""
+        key = self._cohort_key
+        return zlib.crc32(client if key is None else key(path, query, headers)) & 127
 
 
 @final
