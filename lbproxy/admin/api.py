@@ -28,7 +28,7 @@ import msgspec
 from aiohttp import web
 
 from lbproxy.admin import metrics, openapi
-from lbproxy.admin.stats import InflightSource, backend_limit, stats_view
+from lbproxy.admin.stats import InflightSource, OverloadGauges, backend_limit, stats_view
 from lbproxy.admin.webapp import start_app
 from lbproxy.balance.gate import BackendInfo, Cluster
 from lbproxy.control import config
@@ -106,8 +106,11 @@ class AdminAPI:
 
     def __init__(self, snapshot: Snapshot, inflight: InflightSource | None = None, *,
                  controller: Controller | None = None,
-                 propagation: Propagation | None = None) -> None:
+                 propagation: Propagation | None = None,
+                 gauges: OverloadGauges | None = None) -> None:
         self.snapshot = snapshot  # replaced whole by the controller, never mutated
+        # Overload gauges from the workers (the supervisor); None: this process's own.
+        self.gauges = gauges
         self.accepting = False  # every listener is accepting
         self.draining = False  # shutting down: readiness goes 503 so balancers move away
         self._inflight = inflight
@@ -193,7 +196,9 @@ class AdminAPI:
             "ejected": cluster.state.is_ejected(b.address),
             "inflight": self.inflight(cluster.name, b.address),
             # the adaptive concurrency limit in this process (null: overload control off)
-            "limit": backend_limit(cluster.state, b.slot),
+            "limit": backend_limit(cluster.state, b.slot,
+                                   None if self.gauges is None
+                                   else self.gauges.limits(cluster.name), b.address),
         }
 
     def clusters_view(self) -> dict[str, Any]:
@@ -214,7 +219,7 @@ class AdminAPI:
 
     async def stats(self, request: web.Request) -> web.Response:
         """GET /stats: counters and latency percentiles per cluster and backend."""
-        return web.json_response(stats_view(self.snapshot, self.inflight))
+        return web.json_response(stats_view(self.snapshot, self.inflight, self.gauges))
 
     async def metrics(self, request: web.Request) -> web.Response:
         """GET /metrics: Prometheus text exposition of the same counters."""

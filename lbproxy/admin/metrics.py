@@ -24,7 +24,13 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from lbproxy.admin.stats import FAILURE_NAMES, RESPONSE_CLASSES, overload_view
+from lbproxy.admin.stats import (
+    FAILURE_NAMES,
+    RESPONSE_CLASSES,
+    OverloadGauges,
+    backend_limit,
+    overload_view,
+)
 from lbproxy.balance import latency
 from lbproxy.balance.gate import Outcome
 from lbproxy.control.snapshot import Snapshot
@@ -38,6 +44,7 @@ class StatsSource(Protocol):
     """What the collector reads: the admin API satisfies it."""
 
     snapshot: Snapshot
+    gauges: OverloadGauges | None  # the workers' overload gauges; None: this process's
 
     def inflight(self, cluster: str, address: str) -> int:
         """Requests in flight to one backend."""
@@ -88,7 +95,8 @@ class LbproxyCollector(Collector):
             "Backend request latency, lease start to end (octave buckets, exact).",
             labels=["cluster", "backend"])
         limit = GaugeMetricFamily(
-            "lbproxy_backend_limit", "Adaptive concurrency limit of the backend (this process).",
+            "lbproxy_backend_limit", "Adaptive concurrency limit of the backend (summed over "
+            "the workers).",
             labels=["cluster", "backend"])
         refusals = CounterMetricFamily(
             "lbproxy_refusals", "Requests the gate refused before any backend saw them, by "
@@ -116,8 +124,10 @@ class LbproxyCollector(Collector):
             state = cluster.state
             for code, n in sorted(state.refusals.items()):
                 refusals.add_metric([name, code], n)
-            view = overload_view(state.overload)
-            if view is not None and state.overload is not None:
+            gauges = src.gauges
+            view = overload_view(state.overload, None if gauges is None else gauges.queue(name))
+            limits = None if gauges is None else gauges.limits(name)
+            if view is not None:
                 for priority, reasons in view["shed"].items():
                     for reason, n in reasons.items():
                         shed.add_metric([name, priority, reason], n)
@@ -128,7 +138,9 @@ class LbproxyCollector(Collector):
                 queue_wait_total.add_metric([name], q["wait_ms_total"] / 1e3)
                 level.add_metric([name], view["admission_level"])
                 for b in cluster.backends:
-                    limit.add_metric([name, b.address], state.overload.limit(b.slot).limit)
+                    value = backend_limit(state, b.slot, limits, b.address)
+                    if value is not None:
+                        limit.add_metric([name, b.address], value)
             for b in cluster.backends:
                 labels = [name, b.address]
                 c = state.counters[b.slot]

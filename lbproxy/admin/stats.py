@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from lbproxy.balance import latency
 from lbproxy.balance.gate import BACKEND_FAILURES, BackendCounters, ClusterState, Outcome
 from lbproxy.control.config import PRIORITIES
 from lbproxy.control.snapshot import Snapshot
 from lbproxy.policies.admission_level import POSITIONS
-from lbproxy.policies.overload import REASONS, OverloadControl
+from lbproxy.policies.overload import QUEUE_TIMEOUT, REASONS, OverloadControl
 
 PERCENTILES: tuple[tuple[str, float], ...] = (
     ("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999))
@@ -33,6 +33,18 @@ FAILURE_NAMES = tuple(o.name.lower() for o in Outcome if o in BACKEND_FAILURES)
 
 # (cluster name, backend address) → requests in flight to it.
 InflightSource = Callable[[str, str], int]
+
+
+class OverloadGauges(Protocol):
+    """Overload gauges gathered from elsewhere (the supervisor sums its workers')."""
+
+    def limits(self, cluster: str) -> dict[str, int]:
+        """Backend address -> adaptive limit, summed over the workers."""
+        ...
+
+    def queue(self, cluster: str) -> tuple[int, float, float]:
+        """(waiting, oldest wait in ms, admission level 0-1) over the workers."""
+        ...
 
 
 def _summary(requests: int, responses: Sequence[int], by_outcome: Sequence[int],
@@ -48,18 +60,20 @@ def _summary(requests: int, responses: Sequence[int], by_outcome: Sequence[int],
     }
 
 
-def stats_view(snapshot: Snapshot, inflight: InflightSource) -> dict[str, Any]:
+def stats_view(snapshot: Snapshot, inflight: InflightSource,
+               gauges: OverloadGauges | None = None) -> dict[str, Any]:
     """The /stats document: per cluster and per backend, since each backend took its slot."""
     clusters: dict[str, Any] = {}
     for name, cluster in snapshot.clusters.items():
         counters = cluster.state.counters
+        limits = None if gauges is None else gauges.limits(name)
         backends = []
         for b in cluster.backends:
             c = counters[b.slot]
             entry = {"address": b.address,
                      **_summary(c.requests, c.responses, c.by_outcome, c.latency,
                                 inflight(name, b.address), c.retries),
-                     "limit": backend_limit(cluster.state, b.slot)}
+                     "limit": backend_limit(cluster.state, b.slot, limits, b.address)}
             backends.append(entry)
         members = [counters[b.slot] for b in cluster.backends]
         clusters[name] = {
@@ -72,31 +86,47 @@ def stats_view(snapshot: Snapshot, inflight: InflightSource) -> dict[str, Any]:
                 sum(c.retries for c in members),
             ),
             "refusals": dict(sorted(cluster.state.refusals.items())),
-            "overload": overload_view(cluster.state.overload),
+            "overload": overload_view(cluster.state.overload,
+                                      None if gauges is None else gauges.queue(name)),
             "backends": backends,
         }
     return {"version": snapshot.version, "clusters": clusters}
 
 
-def backend_limit(state: ClusterState, slot: int) -> int | None:
-    """A backend's adaptive concurrency limit now (None: overload control is off)."""
+def backend_limit(state: ClusterState, slot: int, limits: dict[str, int] | None = None,
+                  address: str = "") -> int | None:
+    """A backend's adaptive concurrency limit now (None: overload control is off); from
+    `limits` (the workers' sum) when given."""
     overload = state.overload
-    return None if overload is None else overload.limit(slot).limit
+    if overload is None:
+        return None
+    if limits is not None:
+        return limits.get(address)
+    return int(overload.limit(slot).limit)
 
 
-def overload_view(overload: OverloadControl | None) -> dict[str, Any] | None:
+def queue_gauges(overload: OverloadControl) -> tuple[int, float, float]:
+    """(waiting, oldest wait in ms, admission level 0-1) of one process."""
+    queue = overload.queue
+    waiting = sum(1 for lane in queue.lanes for w in lane if not w.done)
+    oldest_ms = round(queue.oldest_wait_ns(time.monotonic_ns()) / 1e6, 3)
+    return waiting, oldest_ms, round(overload.level.level / POSITIONS, 4)
+
+
+def overload_view(overload: OverloadControl | None,
+                  gauges: tuple[int, float, float] | None = None) -> dict[str, Any] | None:
     """A cluster's overload control: queue, admission level and shed requests."""
     if overload is None:
         return None
-    now = time.monotonic_ns()
     queue = overload.queue
+    waiting, oldest_ms, level = queue_gauges(overload) if gauges is None else gauges
     return {
         "algorithm": overload.config.algorithm,
         # DAGOR's admission level: the share of (class, cohort) positions admitted.
-        "admission_level": round(overload.level.level / POSITIONS, 4),
+        "admission_level": level,
         "queue": {
-            "length": sum(1 for lane in queue.lanes for w in lane if not w.done),
-            "oldest_wait_ms": round(queue.oldest_wait_ns(now) / 1e6, 3),
+            "length": waiting,
+            "oldest_wait_ms": oldest_ms,
             "admitted_after_wait": queue.served,
             "wait_ms_total": round(queue.wait_ns_total / 1e6, 3),
             "standing": [p for p, c in zip(PRIORITIES, queue.codels, strict=True)
@@ -149,6 +179,69 @@ class DeltaReporter:
         for key in [k for k in self._sent if k not in seen]:
             del self._sent[key]
         return out
+
+
+def overload_counters(state: ClusterState) -> dict[str, int]:
+    """A cluster's overload and refusal counters, flat, for worker -> supervisor deltas."""
+    out = {f"refused:{code}": n for code, n in state.refusals.items()}
+    overload = state.overload
+    if overload is not None:
+        for i, p in enumerate(PRIORITIES):
+            for j, r in enumerate(REASONS):
+                out[f"shed:{p}:{r}"] = overload.shed_count(i, j)
+        out["served"] = overload.queue.served
+        out["wait_ns"] = overload.queue.wait_ns_total
+    return out
+
+
+class OverloadReporter:
+    """In a worker: what each cluster's overload counters gained since the last report."""
+
+    def __init__(self) -> None:
+        self._sent: dict[str, tuple[ClusterState, dict[str, int]]] = {}
+
+    def collect(self, snapshot: Snapshot) -> dict[str, dict[str, int]]:
+        """{cluster: {counter: delta}} for the counters that moved; {} when idle."""
+        out: dict[str, dict[str, int]] = {}
+        for name, cluster in snapshot.clusters.items():
+            now = overload_counters(cluster.state)
+            prev = self._sent.get(name)
+            before = prev[1] if prev is not None and prev[0] is cluster.state else {}
+            moved = {k: n - before.get(k, 0) for k, n in now.items() if n != before.get(k, 0)}
+            self._sent[name] = (cluster.state, now)
+            if moved:
+                out[name] = moved
+        for name in [n for n in self._sent if n not in snapshot.clusters]:
+            del self._sent[name]
+        return out
+
+
+def add_overload_deltas(states: Mapping[str, ClusterState],
+                        report: Mapping[str, Mapping[str, int]]) -> None:
+    """In the supervisor: add one worker's overload deltas to the matching clusters."""
+    for name, counters in report.items():
+        state = states.get(name)
+        if state is None:
+            continue
+        overload = state.overload
+        for key, n in counters.items():
+            kind, _, rest = key.partition(":")
+            if kind == "refused":
+                state.refusals[rest] = state.refusals.get(rest, 0) + n
+            elif overload is None:
+                continue  # overload control was turned off since the worker counted
+            elif kind == "shed":
+                priority, _, reason = rest.partition(":")
+                if priority in PRIORITIES and reason in REASONS:
+                    i, j = PRIORITIES.index(priority), REASONS.index(reason)
+                    if j == QUEUE_TIMEOUT:
+                        overload.queue.refused_by[i] += n
+                    else:
+                        overload.shed[i * len(REASONS) + j] += n
+            elif kind == "served":
+                overload.queue.served += n
+            elif kind == "wait_ns":
+                overload.queue.wait_ns_total += n
 
 
 def add_deltas(states: Mapping[str, ClusterState], report: Mapping[str, Any]) -> None:

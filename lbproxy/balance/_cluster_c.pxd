@@ -76,6 +76,7 @@ cdef class Cluster:
                 Py_ssize_t priority=*, Py_ssize_t cohort=*)
     @cython.locals(slot=Py_ssize_t)
     cpdef admit_waiting(self, bytes key, int64_t now_ns, Py_ssize_t priority)
+    cpdef protect_shed(self, Py_ssize_t priority)
     @cython.locals(limit=Py_ssize_t)
     cdef bint _fits(self, object overload, Py_ssize_t slot, Py_ssize_t priority) except -1
     @cython.locals(slot=Py_ssize_t, best=Py_ssize_t, most=Py_ssize_t, room=Py_ssize_t)

@@ -637,6 +637,15 @@ class Cluster:  # final: _cluster_c.pxd declares it @cython.final
                     most = room
         return best
 
+    def protect_shed(self, priority: int) -> Refusal:
+        """The data plane shed a request to protect the proxy itself: count it."""
+        overload = self.state.overload
+        if overload is not None:
+            overload.shed[priority * N_REASONS + 2] += 1  # reason SELF_PROTECT
+        else:
+            self.state.refused(OVERLOADED)
+        return OVERLOADED
+
     def admit_waiting(self, key: bytes, now_ns: int, priority: int) -> Lease | None:
         """A lease for a queued request if some backend has room now, else None."""
         overload = self.state.overload

@@ -8,6 +8,7 @@ not open sockets or build selectors: `snapshot.py` turns a `Config` into runtime
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import re
 import tomllib
@@ -233,6 +234,20 @@ class RouteConfig(_Base, frozen=True):
     cohort_on: str | None = None
 
 
+class SelfProtection(_Base, frozen=True):
+    """The proxy protecting itself when its own event loop falls behind (Envoy's overload
+    manager as the model): each step holds while the smoothed loop lag stays above its
+    threshold, and ends once the lag falls under half of it."""
+
+    enabled: bool = True  # on with no configuration; false turns every step off
+    # Step 1: sheddable requests are answered 503 overloaded right after their head.
+    shed_lag_ms: float = 50.0
+    stop_accepting_lag_ms: float = 150.0  # step 2: new connections wait in the backlog
+    # Step 3: responses carry Connection: close, so the load balancer in front moves
+    # clients to other proxies.
+    close_connections_lag_ms: float = 300.0
+
+
 class Config(_Base, frozen=True):
     """The whole proxy configuration."""
 
@@ -243,6 +258,7 @@ class Config(_Base, frozen=True):
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     limits: Limits = msgspec.field(default_factory=Limits)
     upstream: Upstream = msgspec.field(default_factory=Upstream)
+    self_protection: SelfProtection = msgspec.field(default_factory=SelfProtection)
 
 
 def backend_of(entry: str | Backend) -> Backend:
@@ -458,6 +474,14 @@ def validate(cfg: Config) -> list[tuple[str, str]]:
             errors.append((f"limits.{name}", "must be >= 1"))
     if lim.max_body_bytes < 0:
         errors.append(("limits.max_body_bytes", "must be >= 0 (0 = unlimited)"))
+    sp = cfg.self_protection
+    steps = ("shed_lag_ms", "stop_accepting_lag_ms", "close_connections_lag_ms")
+    for name in steps:
+        if getattr(sp, name) <= 0:
+            errors.append((f"self_protection.{name}", "must be > 0 (milliseconds)"))
+    for lower, higher in itertools.pairwise(steps):
+        if getattr(sp, higher) < getattr(sp, lower):
+            errors.append((f"self_protection.{higher}", f"must be >= {lower}"))
     if cfg.upstream.max_connections < 1:
         errors.append(("upstream.max_connections", "must be >= 1"))
     if cfg.upstream.max_idle < 0:

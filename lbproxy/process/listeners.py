@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from lbproxy.control import config
 from lbproxy.control.snapshot import Snapshot
 from lbproxy.process.startup import DataPlaneFactory, StartupError
+from lbproxy.proxy.protection import SelfProtection
 
 if TYPE_CHECKING:
     from lbproxy.admin.api import AdminAPI
@@ -120,17 +121,48 @@ class Listener:
                 raise StartupError(f"cannot load listener.tls cert/key: {exc}") from None
         self.dataplane = dataplane(snapshot)
         self._server: asyncio.AbstractServer | None = None
+        self._sock: socket.socket | None = None
+        self._resuming: asyncio.Task[None] | None = None
+        self._stopped = False  # draining: never accept again
+        self.protection = SelfProtection(self.dataplane, self._set_accepting)
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Start accepting on `sock`, or on a socket bound here to host and `port`."""
         if sock is None:
             sock = open_listen_socket(self.host, self.port, self.cfg.listener.backlog)
         self.port = int(sock.getsockname()[1])
+        # The listener keeps `sock`; the server serves a duplicate, so that self-protection
+        # can close the server (stop accepting) while the socket stays listening: new
+        # connections wait in the kernel's backlog rather than being refused.
+        self._sock = sock
+        await self._serve()
+        self.protection.start(asyncio.get_running_loop())
+
+    async def _serve(self) -> None:
+        assert self._sock is not None
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self.dataplane.protocol_factory, sock=sock, ssl=self.ssl,
+            self.dataplane.protocol_factory, sock=self._sock.dup(), ssl=self.ssl,
             backlog=self.cfg.listener.backlog,
         )
+
+    def _set_accepting(self, accepting: bool) -> None:
+        """Self-protection's switch: stop or resume accepting new connections."""
+        if self._stopped or self._sock is None:
+            return
+        if not accepting:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+        elif self._server is None and self._resuming is None:
+            self._resuming = asyncio.get_running_loop().create_task(self._resume())
+
+    async def _resume(self) -> None:
+        try:
+            if self._server is None and not self._stopped and self._sock is not None:
+                await self._serve()
+        finally:
+            self._resuming = None
 
     def describe(self, index: int, total: int) -> str:
         """The line saying this listener accepts: ``listening on HOST:PORT (worker i/n)``."""
@@ -140,8 +172,14 @@ class Listener:
     async def drain(self) -> None:
         """Stop accepting, then let the data plane finish within timeouts.drain."""
         deadline = self.cfg.timeouts.drain
+        self._stopped = True
+        self.protection.stop()
         if self._server is not None:
             self._server.close()  # closes the listening socket; connections stay
+            self._server = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
         try:
             await asyncio.wait_for(self.dataplane.drain(deadline), deadline + 1.0)
         except TimeoutError:

@@ -72,6 +72,10 @@ class Inflight(WorkerEventBase, frozen=True, tag="inflight"):
 
     clusters: dict[str, dict[str, int]]
     marks: MarksView = {}
+    # Overload control: each backend's adaptive limit, and per cluster (waiting, oldest
+    # wait in ms, admission level 0-1) (lbproxy/admin/stats.py's queue_gauges).
+    limits: dict[str, dict[str, int]] = {}
+    queues: dict[str, tuple[int, float, float]] = {}
 
 
 # Checked when the line is decoded, so a report of another shape is skipped whole: adding
@@ -91,6 +95,8 @@ class StatsDeltas(WorkerEventBase, frozen=True, tag="stats"):
     """What each backend's counters gained since the worker's previous report."""
 
     clusters: dict[str, dict[str, BackendDelta]]
+    # Per cluster, the overload and refusal counters that moved (stats.overload_counters).
+    overload: dict[str, dict[str, int]] = {}
 
 
 WorkerEvent = Ready | Applied | Inflight | StatsDeltas

@@ -28,6 +28,7 @@ class DataPlaneLike(Protocol):
     """What the process layer needs of `lbproxy.proxy.DataPlane` (ARCHITECTURE.md)."""
 
     snapshot: Snapshot
+    protect: int  # self-protection's step (lbproxy/proxy/protection.py)
 
     def protocol_factory(self) -> asyncio.Protocol:
         """A new client-connection protocol for `loop.create_server`."""

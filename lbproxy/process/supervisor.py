@@ -59,6 +59,8 @@ class WorkerProcess:
         self.ready = asyncio.Event()  # set by its `Ready`, cleared when it is respawned
         self.inflight: dict[str, dict[str, int]] = {}
         self.marks: upkeep.MarksView = {}  # its unhealthy/ejected backends
+        self.limits: dict[str, dict[str, int]] = {}  # its adaptive limits
+        self.queues: dict[str, tuple[int, float, float]] = {}  # its admission queues
         self.version = 0  # the snapshot version it last said it applied
         self._on_stats = on_stats
 
@@ -77,6 +79,8 @@ class WorkerProcess:
         self.ready.clear()
         self.inflight = {}
         self.marks = {}
+        self.limits = {}
+        self.queues = {}
         self.version = 0
         self.proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -120,9 +124,12 @@ class WorkerProcess:
                 self.ready.set()
             case messages.Applied(version=version):
                 self.version = version
-            case messages.Inflight(clusters=clusters, marks=marks):
+            case messages.Inflight(clusters=clusters, marks=marks, limits=limits,
+                                   queues=queues):
                 self.inflight = clusters
                 self.marks = marks
+                self.limits = limits
+                self.queues = queues
             case messages.StatsDeltas():
                 try:
                     self._on_stats(event)
@@ -176,12 +183,30 @@ class Supervisor:
         from lbproxy.admin.api import AdminAPI
 
         self.admin = AdminAPI(self.controller.snapshot, self.inflight,
-                              controller=self.controller, propagation=self.propagated)
+                              controller=self.controller, propagation=self.propagated,
+                              gauges=self)
         self.controller.sinks += [assign(self.admin), self.broadcast]
 
     def inflight(self, cluster: str, address: str) -> int:
         """In-flight requests to `address` summed over the workers' last reports."""
         return sum(p.inflight.get(cluster, {}).get(address, 0) for p in self.workers)
+
+    def limits(self, cluster: str) -> dict[str, int]:
+        """Each backend's adaptive limit summed over the workers (the cluster-wide limit)."""
+        out: dict[str, int] = {}
+        for p in self.workers:
+            for address, limit in p.limits.get(cluster, {}).items():
+                out[address] = out.get(address, 0) + limit
+        return out
+
+    def queue(self, cluster: str) -> tuple[int, float, float]:
+        """(waiting, oldest wait in ms, admission level) over the workers: the sum, the
+        longest, the lowest."""
+        reports = [p.queues[cluster] for p in self.workers if cluster in p.queues]
+        if not reports:
+            return 0, 0.0, 1.0
+        return (sum(r[0] for r in reports), max(r[1] for r in reports),
+                min(r[2] for r in reports))
 
     def broadcast(self, snapshot: Snapshot) -> None:
         """Send `snapshot` to every running worker (a controller sink)."""
@@ -274,6 +299,7 @@ class Supervisor:
 
     def _add_stats(self, event: messages.StatsDeltas) -> None:
         stats.add_deltas(self.controller.states, event.clusters)
+        stats.add_overload_deltas(self.controller.states, event.overload)
 
     async def _all_ready(self) -> None:
         for p in self.workers:

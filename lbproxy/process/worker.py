@@ -57,6 +57,7 @@ class Worker:
         self.controller.sinks.append(assign(self.listener.dataplane))
         self.stop = stop  # set by SIGTERM/SIGINT or by the end of stdin
         self._deltas = stats.DeltaReporter()
+        self._overload = stats.OverloadReporter()
 
     async def run(self) -> None:
         """Serve until `stop` is set, then drain."""
@@ -98,9 +99,11 @@ class Worker:
         self.stop.set()
 
     def _report_stats(self) -> None:
-        report = self._deltas.collect(self.controller.snapshot)
-        if report:
-            self.events.send(messages.StatsDeltas(report))
+        snapshot = self.controller.snapshot
+        report = self._deltas.collect(snapshot)
+        overload = self._overload.collect(snapshot)
+        if report or overload:
+            self.events.send(messages.StatsDeltas(report, overload))
 
     async def _report_loop(self) -> None:
         # Off the request path: reads BackendLoad and counters from a timer, never per request.
@@ -109,7 +112,12 @@ class Worker:
             snapshot = self.controller.snapshot
             view = {name: {b.address: c.state.inflight(b.address) for b in c.backends}
                     for name, c in snapshot.clusters.items()}
-            inflight = messages.Inflight(view, upkeep.marks_view(snapshot))
+            limits = {name: {b.address: int(c.state.overload.limit(b.slot).limit)
+                             for b in c.backends}
+                      for name, c in snapshot.clusters.items() if c.state.overload is not None}
+            queues = {name: stats.queue_gauges(c.state.overload)
+                      for name, c in snapshot.clusters.items() if c.state.overload is not None}
+            inflight = messages.Inflight(view, upkeep.marks_view(snapshot), limits, queues)
             if inflight != last:  # only when changed: an idle worker stays quiet
                 self.events.send(inflight)
                 last = inflight

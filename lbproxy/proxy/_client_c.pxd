@@ -21,6 +21,7 @@ cdef Py_ssize_t BUFFER_LIMIT, PIPELINE_LIMIT, PIPELINE_SLICE
 cdef frozenset _IDEMPOTENT
 cdef int P_UPSTREAM, P_BUFFER, P_PIPELINE, P_STOP
 cdef int K_NONE, K_IDLE, K_HEAD, K_BODY, K_STALL, K_LINGER
+cdef int SHEDDABLE, PROTECT_CLOSE
 cdef int U_NONE, U_CONNECT, U_HEADERS, U_IDLE
 cdef double LINGER_S, _INF
 cdef object _now_ns, RequestParser, ParserUpgrade, ParserError

@@ -87,6 +87,11 @@ P_BUFFER = 2  # too much body held while no upstream connection is attached
 P_PIPELINE = 4  # too many pipelined requests parsed ahead
 P_STOP = 8  # nothing more will be parsed on this connection
 
+# Route priorities (lbproxy.control.config.PRIORITIES) and the self-protection step at
+# which responses close their connection (lbproxy/proxy/protection.py).
+SHEDDABLE = 2
+PROTECT_CLOSE = 3
+
 # What the client-side deadline means when it passes.
 K_NONE = 0
 K_IDLE = 1  # keep-alive connection with no request: close silently
@@ -683,9 +688,14 @@ class ClientConnection(HeadCollector):
             self._local_reply(ex, errors.BODY_TOO_LARGE)
             return
         cluster: Cluster = route.cluster
+        priority = route.priority
+        if priority == SHEDDABLE and plane.protect:
+            # The proxy itself is behind (lbproxy/proxy/protection.py): shed prefetch now.
+            shed = cluster.protect_shed(priority)
+            self._local_reply(ex, errors.refusal(shed.code, shed.retry_after))
+            return
         key = route.hash_key(ex.path, ex.query, ex.headers)
         now_ns = _now_ns()
-        priority = route.priority
         gate = cluster.begin(key, now_ns, 0, (), priority,
                              route.cohort(self._client_ip, ex.path, ex.query, ex.headers))
         if type(gate) is Refusal:
@@ -771,6 +781,7 @@ class ClientConnection(HeadCollector):
             ex.keep_alive
             and ex.body_done
             and not self._plane.draining
+            and self._plane.protect < PROTECT_CLOSE
             and not self._closing
             and not self._no_more
             and self._pending_error is None

@@ -25,6 +25,9 @@ class DataPlane:
         self.snapshot = snapshot
         self._loop = loop  # resolved on the first connection when not given
         self.draining = False
+        # lbproxy/proxy/protection.py's state: 1 shed sheddable requests after the head,
+        # 2 (the listener) stop accepting, 3 close connections after each response.
+        self.protect = 0
         self.inflight_requests = 0
         self._connections: set[ClientConnection] = set()
         # Upstream pools by backend address: they outlive snapshots. The client protocol reads

@@ -38,6 +38,7 @@ class StandInDataPlane:
 
     def __init__(self, snapshot):
         self.snapshot = snapshot
+        self.protect = 0
         self.active_connections = 0
         self.inflight_requests = 0
 
