@@ -1,8 +1,11 @@
 """lbproxy vs HAProxy, one worker each on one pinned core, nginx backends, wrk load.
 
-``python bench/dataplane/compare.py [--duration 5] [--runs 3] [--sizes 100,65536]``
-prints req/s, CPU use and p99 latency per run, medians, and lbproxy/HAProxy ratios (CPU time
-per request is the inverse of req/cpu-s), with the load average before and after.
+``python bench/dataplane/compare.py [--duration 5] [--runs 3] [--sizes 100,65536]
+[--adaptive-off]`` prints req/s, CPU use and p99 latency per run, medians, and
+lbproxy/HAProxy ratios (CPU time per request is the inverse of req/cpu-s), with the load
+average before and after. `--adaptive-off` adds `lbproxy-off` (overload control disabled)
+to every round and prints lbproxy/lbproxy-off too: what adaptive concurrency costs when
+nothing is overloaded.
 Everything binds 127.0.0.1; every run is bounded by --duration. The proxies run on CPU 0
 (taskset), nginx and wrk on CPU 1, so both proxies get the same single core.
 """
@@ -123,6 +126,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--sizes", default="100,65536")
+    ap.add_argument("--adaptive-off", action="store_true",
+                    help="also run lbproxy with adaptive concurrency off")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,6 +152,8 @@ def main() -> int:
                 "haproxy": ["/usr/sbin/haproxy", "-f", f"{tmp}/haproxy.cfg"],
                 "lbproxy": [sys.executable, str(HERE / "serve.py"), str(PROXY_PORT), backends],
             }
+            if args.adaptive_off:
+                peers["lbproxy-off"] = [*peers["lbproxy"], "off"]
             for _ in range(args.runs):
                 for name, cmd in peers.items():
                     proc = start(cmd, 0, stdout=subprocess.DEVNULL,
@@ -180,6 +187,10 @@ def main() -> int:
             lb = statistics.median(table[("lbproxy", size)])
             fmt = ".1f" if title == "p99 ms" else ".0f"  # latency in ms wants a decimal
             print(f"{size:>6} B  haproxy {h:>9{fmt}}  lbproxy {lb:>9{fmt}}  ratio {lb / h:.2f}")
+            if ("lbproxy-off", size) in table:
+                off = statistics.median(table[("lbproxy-off", size)])
+                print(f"{size:>6} B  lbproxy-off {off:>9{fmt}}  lbproxy/lbproxy-off "
+                      f"{lb / off:.2f}")
     return 0
 
 
