@@ -34,7 +34,7 @@ def test_exp_avg_is_a_plain_mean_during_warmup_then_an_ewma():
 
 # Netflix's Gradient2 defaults (initial 20, smoothing 0.2, queue size 4), with the no-load
 # floor out of the way (a tolerance no RTT reaches)
-NETFLIX = AdaptiveConcurrency(queue_size=4, rtt_tolerance=1e9)
+NETFLIX = AdaptiveConcurrency(queue_size=4, rtt_tolerance=1e9, rtt_slack_ms=0)
 
 
 def test_gradient2_follows_the_reference_formula():

@@ -71,13 +71,13 @@ cdef class Cluster:
     cdef object _pick, _fallback, _plan
     cdef bint _pick_with_now
 
-    @cython.locals(state=ClusterState, slot=Py_ssize_t)
+    @cython.locals(state=ClusterState, slot=Py_ssize_t, position=Py_ssize_t)
     cpdef begin(self, bytes key, int64_t now_ns, Py_ssize_t attempt=*, tuple exclude=*,
                 Py_ssize_t priority=*, Py_ssize_t cohort=*)
     @cython.locals(slot=Py_ssize_t)
     cpdef admit_waiting(self, bytes key, int64_t now_ns, Py_ssize_t priority)
     cpdef protect_shed(self, Py_ssize_t priority)
-    @cython.locals(limit=Py_ssize_t)
+    @cython.locals(limit=Py_ssize_t, limits=list)
     cdef bint _fits(self, object overload, Py_ssize_t slot, Py_ssize_t priority) except -1
     @cython.locals(slot=Py_ssize_t, best=Py_ssize_t, most=Py_ssize_t, room=Py_ssize_t)
     cdef Py_ssize_t _room(self, object overload, bytes key, Py_ssize_t priority) except -2

@@ -583,7 +583,9 @@ class Cluster:  # final: _cluster_c.pxd declares it @cython.final
             level = overload.level
             if now_ns >= level.window_end_ns:
                 overload.close_window(now_ns)
-            if not level.admits(priority * _COHORTS + cohort):
+            position = priority * _COHORTS + cohort
+            level.arrivals[position] += 1  # AdmissionLevel.admits, inlined
+            if position >= level.level:
                 overload.shed[priority * N_REASONS] += 1  # reason SHED
                 return OVERLOADED
         slot = self._pick(key, now_ns) if self._pick_with_now else self._pick(key)
@@ -612,7 +614,8 @@ class Cluster:  # final: _cluster_c.pxd declares it @cython.final
         of a backend's limit (at least one request), which stays free for the classes that
         matter, so a critical request is not kept waiting behind prefetches.
         """
-        limit = overload.limit(slot).limit
+        limits = overload.limits
+        limit = limits[slot].limit if slot < len(limits) else overload.limit(slot).limit
         if priority == _SHEDDABLE:
             limit -= limit // 4 if limit >= 4 else 1
         return self.state.load.inflight(slot) < limit

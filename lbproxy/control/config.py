@@ -165,6 +165,9 @@ class AdaptiveConcurrency(_Base, frozen=True):
     # Gradient2: the window RTT may reach this x the no-load RTT before the limit falls
     # (Netflix's GradientLimit uses 2.0; lower keeps the backends' queues shorter).
     rtt_tolerance: float = 1.25
+    # Gradient2: RTT above the baseline by less than this is never queueing (a backend
+    # answering in 1 ms shows the proxy's own scheduling noise as multiples of its RTT).
+    rtt_slack_ms: float = 1.0
     backoff_ratio: float = 0.9  # AIMD: the limit is multiplied by this on a drop
     # The sampling window (Netflix's WindowedLimit): at least `window_size` samples and
     # min_window..max_window seconds (2x the window's RTT in between). Netflix uses 1 s;
@@ -431,6 +434,7 @@ def validate_resilience(cl: ClusterConfig, base: str) -> list[tuple[str, str]]:
          f"must be within min_limit..max_limit ({ac.min_limit}..{ac.max_limit})")
     need(0 < ac.smoothing <= 1, "adaptive_concurrency.smoothing", "must be > 0 and <= 1")
     need(ac.rtt_tolerance >= 1, "adaptive_concurrency.rtt_tolerance", "must be >= 1")
+    need(ac.rtt_slack_ms >= 0, "adaptive_concurrency.rtt_slack_ms", "must be >= 0")
     need(0 < ac.backoff_ratio < 1, "adaptive_concurrency.backoff_ratio", "must be > 0 and < 1")
     need(ac.min_window > 0, "adaptive_concurrency.min_window", "must be > 0 (seconds)")
     need(ac.max_window >= ac.min_window, "adaptive_concurrency.max_window",

@@ -90,7 +90,7 @@ class Gradient2:
     """
 
     __slots__ = ("limit", "long_rtt", "max_limit", "min_limit", "noload_ns", "queue_size",
-                 "rtt_tolerance", "smoothing")
+                 "rtt_tolerance", "slack_ns", "smoothing")
 
     def __init__(self, cfg: AdaptiveConcurrency) -> None:
         self.limit = float(cfg.initial_limit)
@@ -99,6 +99,7 @@ class Gradient2:
         self.smoothing = cfg.smoothing
         self.queue_size = cfg.queue_size
         self.rtt_tolerance = cfg.rtt_tolerance
+        self.slack_ns = cfg.rtt_slack_ms * 1e6
         self.long_rtt = ExpAvg(cfg.long_window, 10)
         self.noload_ns = 0.0  # 0: no window yet
 
@@ -114,7 +115,9 @@ class Gradient2:
         floor = float(min_rtt_ns or rtt_ns)
         noload = self.noload_ns * NOLOAD_AGING
         self.noload_ns = floor if noload == 0 or floor < noload else noload
-        baseline = min(long, self.rtt_tolerance * self.noload_ns)
+        # The slack: a backend answering in a millisecond shows windows whose RTT is the
+        # proxy's own scheduling noise, a multiple of its minimum; that is not queueing.
+        baseline = min(long, self.rtt_tolerance * self.noload_ns) + self.slack_ns
         limit = self.limit
         if inflight < limit / 2 and not dropped:
             return limit  # application-limited: no evidence to grow on
