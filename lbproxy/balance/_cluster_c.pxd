@@ -57,7 +57,7 @@ cdef class Lease:
 
     @cython.locals(state=ClusterState, c=BackendCounters, o=int, rtt=int64_t, i=Py_ssize_t,
                    failed=bint, buckets=list, by_outcome=list, responses=list,
-                   dropped=bint, head=int64_t, sent=int64_t, sample=int64_t)
+                   dropped=bint, head=int64_t, sent=int64_t, sample=int64_t, limits=list)
     cpdef end(self, outcome, int64_t now_ns, int status=*)
 
 

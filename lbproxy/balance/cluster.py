@@ -478,8 +478,10 @@ class Lease:  # final: _cluster_c.pxd declares it @cython.final
             if head or dropped:
                 sent = self.sent_ns if self.sent_ns > self.started_ns else self.started_ns
                 sample = (head if head else now_ns) - sent
-                overload.limit(self.slot).sample(sample if sample > 0 else 0, self.inflight,
-                                                 dropped, now_ns)
+                limits = overload.limits
+                limit = (limits[self.slot] if self.slot < len(limits)
+                         else overload.limit(self.slot))
+                limit.sample(sample if sample > 0 else 0, self.inflight, dropped, now_ns)
         by_outcome = c.by_outcome
         by_outcome[o] += 1
         responses = c.responses

@@ -97,10 +97,6 @@ class AdmissionQueue:
         """CoDel's interval (the admission level's window too)."""
         return self.codels[0].interval_ns
 
-    def overloaded(self) -> bool:
-        """Whether any lane's queue stood over its last interval."""
-        return any(c.overloaded for c in self.codels)
-
     def push(self, waiter: Waiter) -> bool:
         """Queue `waiter`; False when the queue is full (the caller sheds it)."""
         if self.length >= self.max_pending:

@@ -23,7 +23,7 @@ import time
 from typing import TYPE_CHECKING, final
 
 from lbproxy.control.config import PRIORITIES, AdaptiveConcurrency, Queue
-from lbproxy.policies.admission_level import COHORTS, AdmissionLevel
+from lbproxy.policies.admission_level import AdmissionLevel
 from lbproxy.policies.admission_queue import AdmissionQueue
 from lbproxy.policies.limits import BackendLimit
 
@@ -89,15 +89,6 @@ class OverloadControl:
             self.limits[slot] = BackendLimit(self.config)
         else:
             self.limit(slot)
-
-    @staticmethod
-    def position(priority: int, cohort: int) -> int:
-        """A request's place in the admission order (lower is more valuable)."""
-        return priority * COHORTS + cohort
-
-    def count(self, priority: int, reason: int) -> None:
-        """Count one shed request."""
-        self.shed[priority * len(REASONS) + reason] += 1
 
     def close_window(self, now_ns: int) -> None:
         """End the admission level's window: lower it if the queue stood or shed,

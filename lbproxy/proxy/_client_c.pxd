@@ -101,7 +101,8 @@ cdef class ClientConnection(HeadCollector):
     @cython.locals(was_in_head=bint, at_boundary=bint)
     cdef bint _feed(self, bytes data) except -1
     cdef void _cache_snapshot(self, snap) except *
-    @cython.locals(max_body=Py_ssize_t, cluster=Cluster, now_ns=int64_t, priority=Py_ssize_t)
+    @cython.locals(max_body=Py_ssize_t, cluster=Cluster, now_ns=int64_t, priority=Py_ssize_t,
+                   cohort=Py_ssize_t)
     cdef void _start(self, Exchange ex) except *
     # The admission queue (pure Python) calls these two by name.
     @cython.locals(ex=Exchange)

@@ -696,8 +696,10 @@ class ClientConnection(HeadCollector):
             return
         key = route.hash_key(ex.path, ex.query, ex.headers)
         now_ns = _now_ns()
-        gate = cluster.begin(key, now_ns, 0, (), priority,
-                             route.cohort(self._client_ip, ex.path, ex.query, ex.headers))
+        # The cohort (a CRC-32 of the viewer) only matters to overload control.
+        cohort = (0 if cluster.state.overload is None
+                  else route.cohort(self._client_ip, ex.path, ex.query, ex.headers))
+        gate = cluster.begin(key, now_ns, 0, (), priority, cohort)
         if type(gate) is Refusal:
             if gate is WAIT:
                 # No backend has room under its limit: wait in the cluster's queue, which
