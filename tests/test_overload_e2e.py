@@ -214,7 +214,9 @@ async def test_at_3x_playback_is_kept_and_prefetch_shed_first(lbproxy_for) -> No
     assert ok_share(settled, 2) < ok_share(settled, 1) <= 1.0
     refused = [r for r in settled if r.status == 503]
     assert refused, "3x the capacity and nothing shed"
-    assert all(r.error == "overloaded" and r.retry_after for r in refused)
+    assert all(r.status == 503 and r.error == "overloaded" and r.retry_after
+               for r in refused)
+    assert not any(r.backend for r in refused)  # answered by the proxy, no origin saw them
     served = [r for r in settled if r.status == 200]
     # goodput: most of the origins' capacity is still used
     goodput = len(served) / (6.0 - 1.5) / CAPACITY

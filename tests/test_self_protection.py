@@ -91,8 +91,10 @@ async def test_each_step_acts_on_the_data_plane() -> None:
             status, headers = await _get(served.port, "/prefetch/1")
             assert status == 200 and headers.get("connection") != "close"
             protection.apply(PROTECT_SHED)
+            seen = len(backend.requests)
             status, headers = await _get(served.port, "/prefetch/1")
             assert status == 503 and headers["x-lbproxy-error"] == "overloaded"
+            assert len(backend.requests) == seen  # the shed request never reached it
             assert headers["retry-after"]
             assert (await _get(served.port, "/play/1"))[0] == 200
             shed = served.listener.dataplane.snapshot.clusters["c"].state.overload
