@@ -67,6 +67,10 @@ class Admin(_Base, frozen=True):
     # Bearer token every mutating call (PUT, PATCH) must send; reads stay open. Unset: no
     # check, so bind the admin API to a trusted address. Must not be empty.
     token: str | None = None
+    # More bearer tokens, by name (`[admin.tokens]`, `alice = "..."`): each is accepted like
+    # `token`, and GET /changes names the token a change came with. Names are 1-64 of
+    # A-Z a-z 0-9 . _ -; tokens must not be empty and no two alike (nor like `token`).
+    tokens: dict[str, str] | None = None
 
 
 class Timeouts(_Base, frozen=True):
@@ -449,6 +453,26 @@ def validate_resilience(cl: ClusterConfig, base: str) -> list[tuple[str, str]]:
     return errors
 
 
+_TOKEN_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _token_errors(admin: Admin) -> list[tuple[str, str]]:
+    """admin.tokens: names as `_TOKEN_NAME`, tokens not empty and each unique."""
+    errors: list[tuple[str, str]] = []
+    seen = set() if admin.token is None else {admin.token}
+    for name, token in (admin.tokens or {}).items():
+        where = f"admin.tokens.{name}"
+        if not _TOKEN_NAME.fullmatch(name):
+            errors.append((where, "a token name is 1-64 of A-Z a-z 0-9 . _ -"))
+        if not token.strip():
+            errors.append((where, "must not be empty"))
+        elif token in seen:
+            # Two names for one secret: a change could not say which of them made it.
+            errors.append((where, "the same token as another one; each must differ"))
+        seen.add(token)
+    return errors
+
+
 def validate(cfg: Config) -> list[tuple[str, str]]:
     """Semantic checks msgspec's types cannot express; returns every error found."""
     errors: list[tuple[str, str]] = []
@@ -462,6 +486,7 @@ def validate(cfg: Config) -> list[tuple[str, str]]:
     if cfg.admin.token is not None and not cfg.admin.token.strip():
         # An empty token would let "Authorization: Bearer " through: omit it instead.
         errors.append(("admin.token", "must not be empty (omit it to leave the API open)"))
+    errors += _token_errors(cfg.admin)
     if cfg.admin.bind == cfg.listener.bind and not cfg.admin.bind.endswith(":0"):
         errors.append(("admin.bind", f"must differ from listener.bind ({cfg.listener.bind})"))
     if cfg.listener.tls is not None:
