@@ -31,6 +31,17 @@ _NAME = {"name": "name", "in": "path", "required": True,
 _ADDRESS = {"name": "address", "in": "path", "required": True,
             "schema": {"type": "string", "examples": ["127.0.0.1:9001"]},
             "description": "Backend host:port ([v6]:port for IPv6, percent-encoded)"}
+_IF_MATCH = {"name": "If-Match", "in": "header", "required": False,
+             "schema": {"type": "string", "examples": ['"3"', "3", "*"]},
+             "description": "Apply only if the config is still at this version (the ETag "
+                            "of GET /clusters): N, \"N\" or *; stale: 409, not a version: "
+                            "400"}
+_DRY_RUN = {"name": "dry_run", "in": "query", "required": False,
+            "schema": {"type": "string", "enum": ["1", "true", "0", "false"]},
+            "description": "1 or true: validate and answer the diff and moved_fraction; "
+                           "apply nothing"}
+_ETAG = {"ETag": {"required": True, "schema": {"type": "string", "pattern": '^"[0-9]+"$'},
+                  "description": "The config version, quoted, for If-Match"}}
 _MS = {"type": ["number", "null"], "description": "ms; null before any sample"}
 _COUNT = {"type": "integer", "minimum": 0}
 _PENDING = {"type": "array", "items": {"type": "integer"},
@@ -79,6 +90,8 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "error": {"type": "string", "description": "stable machine-readable code"},
             "message": {"type": "string"},
+            "version": {"type": "integer",
+                        "description": "409 version_mismatch: the version in force"},
             "errors": {"type": "array", "items": {
                 "type": "object", "required": ["field", "message"],
                 "properties": {"field": {"type": "string",
@@ -109,6 +122,50 @@ SCHEMAS: dict[str, Any] = {
     },
     "Version": {"type": "object", "required": ["version"],
                 "properties": {"version": {"type": "integer"}, "pending_workers": _PENDING}},
+    "Diff": {
+        "type": "object", "required": ["added", "removed", "weights", "zones", "states"],
+        "properties": {
+            "added": {"type": "array", "items": _ref("DiffEntry")},
+            "removed": {"type": "array", "items": _ref("DiffEntry")},
+            **{k: {"type": "array", "items": {
+                "type": "object", "required": ["address", "from", "to"],
+                "properties": {"address": {"type": "string"}, "from": {"type": t},
+                               "to": {"type": t}}}}
+               for k, t in (("weights", "integer"), ("zones", "string"),
+                            ("states", "string"))}},
+    },
+    "DiffEntry": {"type": "object", "required": ["address", "weight", "zone"],
+                  "properties": {"address": {"type": "string"}, "weight": {"type": "integer"},
+                                 "zone": {"type": "string"}}},
+    "DryRun": {
+        "type": "object", "required": ["dry_run", "version", "cluster", "diff",
+                                       "moved_fraction"],
+        "properties": {
+            "dry_run": {"const": True}, "version": {"type": "integer"},
+            "cluster": {"type": "string"}, "diff": _ref("Diff"),
+            "moved_fraction": {"type": ["number", "null"], "minimum": 0, "maximum": 1,
+                               "description": "Share of hash keys that would change "
+                                              "backend (Maglev); null for p2c, round_robin"}},
+    },
+    "Changes": {
+        "type": "object", "required": ["changes"],
+        "properties": {"changes": {"type": "array", "items": {
+            "type": "object",
+            "required": ["id", "time", "cluster", "version_before", "version_after", "kind",
+                         "who", "client", "diff"],
+            "properties": {
+                "id": {"type": "integer"},
+                "time": {"type": "string", "description": "UTC, RFC 3339, ms"},
+                "cluster": {"type": ["string", "null"],
+                            "description": "null: a reload that changed no pool"},
+                "version_before": {"type": "integer"}, "version_after": {"type": "integer"},
+                "kind": {"type": "string", "enum": ["put", "patch", "reload"]},
+                "who": {"type": "string",
+                        "description": "The named token used (admin.tokens), else client"},
+                "client": {"type": "string",
+                           "description": "The caller's address; SIGHUP for a reload"},
+                "diff": _ref("Diff")}}}},
+    },
     "BackendView": {
         "type": "object",
         "required": ["address", "weight", "zone", "state", "healthy", "ejected", "inflight"],
@@ -155,9 +212,11 @@ DOCUMENT: dict[str, Any] = {
     "info": {
         "title": "lbproxy admin API",
         "version": "1",
-        "description": "JSON over HTTP on admin.bind. With admin.token set, every mutating "
-                       "call (PUT, PATCH) needs `Authorization: Bearer <token>`; GETs stay "
-                       "open. Unknown paths: 404, wrong method: 405 with Allow, both JSON.",
+        "description": "JSON over HTTP on admin.bind. With admin.token (or admin.tokens) "
+                       "set, every mutating call (PUT, PATCH) needs `Authorization: Bearer "
+                       "<token>`; GETs stay open. PUT and PATCH take If-Match (the config "
+                       "version, one for all clusters; stale: 409) and ?dry_run=1. Unknown "
+                       "paths: 404, wrong method: 405 with Allow, both JSON.",
     },
     "components": {
         "schemas": SCHEMAS,
@@ -170,33 +229,48 @@ DOCUMENT: dict[str, Any] = {
                           "503": _json(_ref("Ready"), "Starting or draining")}}},
         "/clusters": {"get": {
             "operationId": "listClusters", "summary": "Clusters and their backends",
-            "responses": {"200": _json(_ref("Clusters"), "Current snapshot")}}},
+            "responses": {"200": {**_json(_ref("Clusters"), "Current snapshot"),
+                                  "headers": _ETAG}}}},
         "/clusters/{name}/backends": {"put": {
             "operationId": "replaceBackends",
             "summary": "Replace a cluster's backend set atomically (all workers)",
-            "parameters": [_NAME], "security": [{"bearer": []}],
+            "parameters": [_NAME, _IF_MATCH, _DRY_RUN], "security": [{"bearer": []}],
             "requestBody": {"required": True,
                             "content": {_JSON: {"schema": _ref("BackendSet")}}},
-            "responses": {"200": _json(_ref("Version"), "Applied; the new snapshot version"),
-                          "400": {**_ERROR, "description": "Invalid body; old set kept"},
+            "responses": {"200": {**_json({"anyOf": [_ref("Version"), _ref("DryRun")]},
+                                          "Applied (the new version), or the dry run"),
+                                  "headers": _ETAG},
+                          "400": {**_ERROR, "description": "Invalid body, If-Match or "
+                                                           "dry_run; old set kept"},
                           "401": _UNAUTHORIZED,
                           "404": {**_ERROR, "description": "Unknown cluster"},
+                          "409": {**_ERROR, "description": "If-Match is stale; nothing "
+                                                           "changed", "headers": _ETAG},
                           "413": {**_ERROR, "description": "Body over 1 MiB"}}}},
         "/clusters/{name}/backends/{address}": {"patch": {
             "operationId": "patchBackend",
             "summary": "Change one backend's weight and/or drain state (all workers)",
-            "parameters": [_NAME, _ADDRESS], "security": [{"bearer": []}],
+            "parameters": [_NAME, _ADDRESS, _IF_MATCH, _DRY_RUN],
+            "security": [{"bearer": []}],
             "requestBody": {"required": True,
                             "content": {_JSON: {"schema": _ref("BackendPatch")}}},
-            "responses": {"200": _json({"type": "object", "required": ["version", "backend"],
-                                        "properties": {"version": {"type": "integer"},
-                                                       "backend": _ref("BackendView"),
-                                                       "pending_workers": _PENDING}},
-                                       "Applied"),
-                          "400": {**_ERROR, "description": "Invalid body; nothing changed"},
+            "responses": {"200": {**_json({"anyOf": [
+                {"type": "object", "required": ["version", "backend"],
+                 "properties": {"version": {"type": "integer"},
+                                "backend": _ref("BackendView"),
+                                "pending_workers": _PENDING}},
+                _ref("DryRun")]}, "Applied, or the dry run"), "headers": _ETAG},
+                          "400": {**_ERROR, "description": "Invalid body, If-Match or "
+                                                           "dry_run; nothing changed"},
                           "401": _UNAUTHORIZED,
                           "404": {**_ERROR, "description": "Unknown cluster or backend"},
+                          "409": {**_ERROR, "description": "If-Match is stale; nothing "
+                                                           "changed", "headers": _ETAG},
                           "413": {**_ERROR, "description": "Body over 1 MiB"}}}},
+        "/changes": {"get": {
+            "operationId": "changes",
+            "summary": "The last 256 applied changes (PUT, PATCH, reload), oldest first",
+            "responses": {"200": _json(_ref("Changes"), "History")}}},
         "/stats": {"get": {
             "operationId": "stats",
             "summary": "Counters and latency percentiles per cluster and backend",

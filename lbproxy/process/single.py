@@ -45,7 +45,7 @@ async def serve(cfg: config.Config, *, dataplane: DataPlaneFactory,
     from lbproxy.admin.api import AdminAPI
 
     admin = AdminAPI(controller.snapshot, controller=controller)
-    controller.sinks += [assign(listener.dataplane), assign(admin)]
+    controller.sinks += [assign(listener.dataplane), admin.take]
     admin_host, admin_port = await start_admin_api(admin, cfg.admin.bind)
     if config_path is not None:
         signals.install_reload(loop, controller, config_path)

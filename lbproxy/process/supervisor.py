@@ -33,7 +33,6 @@ from lbproxy.control.controller import Controller
 from lbproxy.control.snapshot import Snapshot
 from lbproxy.process import logs, messages, signals
 from lbproxy.process.listeners import hostport, probe_port, start_admin_api
-from lbproxy.process.startup import assign
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +184,7 @@ class Supervisor:
         self.admin = AdminAPI(self.controller.snapshot, self.inflight,
                               controller=self.controller, propagation=self.propagated,
                               gauges=self)
-        self.controller.sinks += [assign(self.admin), self.broadcast]
+        self.controller.sinks += [self.admin.take, self.broadcast]
 
     def inflight(self, cluster: str, address: str) -> int:
         """In-flight requests to `address` summed over the workers' last reports."""
