@@ -362,3 +362,80 @@ async def test_if_match_dry_run_and_reload_under_lbproxy_run(tmp_path, four_orig
     finally:
         if proc.returncode is None:
             await proc.stop_async()
+
+
+@pytest.mark.parametrize("accepting", [{0, 1, 2, 3}, {1, 3}, {2}, set()])
+def test_key_owners_are_where_the_selector_sends_each_position_s_key(accepting):
+    # The dry run's model of Maglev (an entry's keys go to the first accepting entry at
+    # or after it, wrapping) against the selector core's own pick, key by key.
+    from lbproxy.balance import moved, selectors
+
+    addresses = [f"10.0.0.{i}:80" for i in range(4)]
+    weights = [1, 3, 1, 2]
+    load = selectors.BackendLoad(4)
+    for slot in range(4):
+        load.set_accept(slot, slot in accepting)
+    maglev = selectors.MaglevSelector(list(range(4)), addresses, weights, load, TABLE_SIZE)
+    owners = moved.key_owners(addresses, weights, TABLE_SIZE,
+                              {addresses[s] for s in accepting})
+    picked = [maglev.pick(key.encode()) for key in KEYS]
+    assert owners == [addresses[s] if s >= 0 else None for s in picked]
+
+
+def test_accepted_ignores_health_marks_only_in_panic():
+    from lbproxy.balance.moved import accepted
+
+    members = ["a", "b", "c", "d"]
+    assert accepted(members, {"a"}, {"b"}, 50) == {"c", "d"}  # 2 of 3 usable: no panic
+    assert accepted(members, {"a"}, {"b", "c"}, 50) == {"b", "c", "d"}  # 1 of 3: panic
+    assert accepted(members, {"a"}, {"b", "c"}, 0) == {"d"}  # panic routing off
+    assert accepted(members, set(members), set(), 50) == set()
+
+
+async def test_a_reload_that_changes_no_pool_is_one_entry_without_a_cluster(tmp_path, origins):
+    path = write_config(tmp_path / "c.json", round_robin_segments(origins[:2]))
+    proc = LbproxyProcess("run", "-c", str(path))
+    try:
+        assert await proc.ready_async(1), proc.stderr()
+        doc = round_robin_segments(origins[:2])
+        doc["timeouts"]["drain"] = 4.0  # not a pool change
+        write_config(path, doc)
+        proc.send_signal(signal.SIGHUP)
+        await proc.expect_async(re.compile(r"reloaded .* \(version 2\)"))
+        _, doc, _ = await call(proc.admin_port, "GET", "/changes")
+        [entry] = doc["changes"]
+        assert (entry["cluster"], entry["kind"], entry["version_before"],
+                entry["version_after"]) == (None, "reload", 1, 2)
+        assert not any(entry["diff"].values())
+        assert await proc.stop_async() == 0, proc.stderr()
+    finally:
+        if proc.returncode is None:
+            await proc.stop_async()
+
+
+async def test_concurrent_changes_are_serialised_under_workers(tmp_path, origins):
+    # Under a supervisor a change holds the lock until both workers confirmed it.
+    path = write_config(tmp_path / "c.json", round_robin_segments(origins[:1]))
+    proc = LbproxyProcess("run", "-c", str(path), "--workers", "2")
+    try:
+        assert await proc.ready_async(2), proc.stderr()
+        sets = [[origins[i % 3]] for i in range(4)]
+        answers = await asyncio.gather(*(
+            call(proc.admin_port, "PUT", SEG, {"backends": s}, headers={"If-Match": "1"})
+            for s in sets))
+        assert sorted(a[0] for a in answers) == [200, 409, 409, 409], answers
+        winner = sets[next(i for i, a in enumerate(answers) if a[0] == 200)]
+        assert "pending_workers" not in next(a[1] for a in answers if a[0] == 200)
+        hits = await origins_hit(proc.port, 20)
+        assert set(hits) == {f"origin-{origins.index(winner[0]) + 1}"}, hits
+        answers = await asyncio.gather(*(
+            call(proc.admin_port, "PATCH", f"{SEG}/{winner[0]}", {"weight": w})
+            for w in range(1, 5)))
+        assert sorted(a[1]["version"] for a in answers) == [3, 4, 5, 6], answers
+        _, doc, _ = await call(proc.admin_port, "GET", "/changes")
+        assert [(c["version_before"], c["version_after"]) for c in doc["changes"]] == [
+            (v, v + 1) for v in range(1, 6)]
+        assert await proc.stop_async() == 0, proc.stderr()
+    finally:
+        if proc.returncode is None:
+            await proc.stop_async()
