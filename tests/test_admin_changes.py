@@ -340,6 +340,10 @@ async def test_if_match_dry_run_and_reload_under_lbproxy_run(tmp_path, four_orig
         status, doc, _ = await call(admin_port, "PATCH", f"{SEG}/{o[0]}", {"weight": 4},
                                     headers={"If-Match": '"1"'})
         assert (status, doc["version"]) == (200, 2)
+        found, _ = await proc.expect_async(
+            re.compile(r"INFO lbproxy\.admin\.api: patch segments by 127\.0\.0\.1: "
+                       r"version 1 -> 2$"))
+        assert found, proc.stderr()
         real = _moved(before, await _origin_of_each_key(port))
         assert real > 0.2 and abs(preview["moved_fraction"] - real) <= 0.01, (preview, real)
         status, doc, _ = await call(admin_port, "PUT", SEG, {"backends": [o[3]]},

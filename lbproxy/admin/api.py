@@ -334,8 +334,18 @@ class AdminAPI:
         """A controller sink: `snap` replaces the snapshot in one assignment, and the
         change goes into the history (a change this API did not apply is a reload)."""
         old, self.snapshot = self.snapshot, snap
-        origin = self._origin or changes.Origin("reload", None, None, "SIGHUP")
-        self.history.record(origin, old, snap)
+        origin = self._origin
+        try:
+            if origin is None:
+                origin = changes.Origin("reload", None, None, "SIGHUP")
+            else:  # a reload logs its own line (lbproxy/process/signals.py)
+                log.info("%s %s by %s: version %d -> %d", origin.kind, origin.cluster,
+                         origin.token or origin.client, old.version, snap.version)
+            self.history.record(origin, old, snap)
+        except Exception:
+            # A bug in the history must not keep the snapshot from the sinks after this
+            # one (the workers' pipes): the change is applied whatever the record does.
+            log.exception("recording the change to version %d failed", snap.version)
 
     def _apply(self, request: web.Request, kind: str, name: str, controller: Controller,
                cfg: config.Config,
