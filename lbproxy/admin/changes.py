@@ -112,10 +112,9 @@ class ChangeHistory:
     def record(self, origin: Origin, old: Snapshot, new: Snapshot) -> None:
         """Record the change from `old` to `new`: one entry per cluster whose pool changed,
         or one for `origin.cluster` (None for a reload) when no pool did."""
-        diffs = snapshot_diffs(old, new)
+        diffs: dict[str | None, dict[str, Any]] = dict(snapshot_diffs(old, new).items())
         if not diffs:
-            empty = pool_diff({}, frozenset(), {}, frozenset())
-            diffs = {origin.cluster: empty} if origin.cluster else {"": empty}
+            diffs[origin.cluster] = pool_diff({}, frozenset(), {}, frozenset())
         now = time.time()
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + (
             f".{int(now * 1000) % 1000:03d}Z")  # as the log lines (lbproxy/process/logs.py)
@@ -123,7 +122,7 @@ class ChangeHistory:
             self._entries.append({
                 "id": self._next_id,
                 "time": stamp,
-                "cluster": cluster or None,
+                "cluster": cluster,
                 "version_before": old.version,
                 "version_after": new.version,
                 "kind": origin.kind,
