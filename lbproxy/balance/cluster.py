@@ -349,7 +349,7 @@ class ClusterState:  # final: _cluster_c.pxd declares it @cython.final
             if not bits & ~HEALTH_BITS:
                 eligible += 1
                 usable += bits == 0
-        self.panicking = eligible > 0 and usable * 100 < self.panic_threshold * eligible
+        self.panicking = in_panic(eligible, usable, self.panic_threshold)
         ignore = HEALTH_BITS if self.panicking else 0
         for slot, address in enumerate(self.addresses):
             self.load.set_accept(slot, address is not None
@@ -492,6 +492,13 @@ class Lease:  # final: _cluster_c.pxd declares it @cython.final
             observer.observe(self.backend, outcome, status, rtt, now_ns)
         if overload is not None and overload.queue.length:
             overload.queue.serve(now_ns)  # the room this lease held goes to a waiter
+
+
+def in_panic(eligible: int, usable: int, threshold: float) -> bool:
+    """Envoy's healthy-panic rule: fewer than `threshold` percent of the `eligible` (not
+    drained) members are `usable` (neither ejected nor failing health checks). The gate
+    and the admin API's dry run (lbproxy/balance/moved.py) both decide by it."""
+    return eligible > 0 and usable * 100 < threshold * eligible
 
 
 def _build_selector(cfg: ClusterConfig, slots: list[int], addresses: list[str],

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         OutcomeObserver,
         Refusal,
         SlotPlan,
+        in_panic,
     )
 __all__ = [
     "BACKEND_FAILURES",
@@ -58,6 +59,7 @@ __all__ = [
     "OutcomeObserver",
     "Refusal",
     "SlotPlan",
+    "in_panic",
 ]
 
 if not TYPE_CHECKING:

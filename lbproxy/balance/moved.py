@@ -13,19 +13,20 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from lbproxy.balance import selectors
+from lbproxy.balance.gate import in_panic
 
 
 def accepted(addresses: Sequence[str], drained: Collection[str], unusable: Collection[str],
              panic_threshold: float) -> frozenset[str]:
     """The members that take new keys: not drained, and usable unless the cluster panics.
 
-    The gate's rule (`ClusterState._refresh_accept`, Envoy's healthy_panic_threshold):
-    when fewer than `panic_threshold` percent of the non-drained members are usable,
-    ejection and health marks (`unusable`) are ignored; drain never is.
+    The gate's rule (`in_panic`, Envoy's healthy_panic_threshold): when fewer than
+    `panic_threshold` percent of the non-drained members are usable, ejection and health
+    marks (`unusable`) are ignored; drain never is.
     """
     eligible = [a for a in addresses if a not in drained]
     usable = [a for a in eligible if a not in unusable]
-    panicking = bool(eligible) and len(usable) * 100 < panic_threshold * len(eligible)
+    panicking = in_panic(len(eligible), len(usable), panic_threshold)
     return frozenset(eligible if panicking else usable)
 
 
