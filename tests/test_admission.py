@@ -106,6 +106,23 @@ def test_level_rises_slowly_under_queueing_and_fast_when_clear():
     assert lv.level == 324
 
 
+def test_level_reopens_after_a_window_with_no_arrival():
+    lv = AdmissionLevel(100 * MS)
+    lv.close(0, False, True)
+    lv.level = 2 * COHORTS
+    _window(lv, {p: 1 for p in range(POSITIONS)})
+    # the window ended at 100 ms; closed on time, an overloaded verdict lowers the level
+    lv.close(150 * MS, overloaded=True, clear=False)
+    assert lv.level < 2 * COHORTS
+    lowered = lv.level
+    _window(lv, {p: 1 for p in range(POSITIONS)})
+    # this one ended at 250 ms and the next request came at 400 ms: a whole empty window
+    # passed in between, so everything is admitted again whatever the stale verdict
+    lv.close(400 * MS, overloaded=True, clear=False)
+    assert lowered < COHORTS * 2 and lv.level == POSITIONS
+    assert lv.admits(POSITIONS - 1)
+
+
 def test_level_a_cohort_is_refused_or_admitted_as_a_whole():
     lv = AdmissionLevel(100 * MS)
     lv.close(0, False, True)

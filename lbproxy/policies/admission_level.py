@@ -69,6 +69,12 @@ class AdmissionLevel:
                 while level < POSITIONS and total <= want:
                     total += arrivals[level]
                     level += 1
+        # Windows close only when a request arrives (or the queue's timer runs), so a gap
+        # of a whole window since this one should have ended held windows with no arrival:
+        # empty and clear, each raises the level all the way. Without this, the first
+        # request after a burst was judged by the burst's verdict and refused.
+        if self.window_end_ns >= 0 and now_ns >= self.window_end_ns + self.window_ns:
+            level = POSITIONS
         self.level = level
         for i in range(POSITIONS):
             arrivals[i] = 0
